@@ -1,0 +1,94 @@
+#pragma once
+// Where memory lives, and the owning aligned buffer behind every host tensor.
+//
+// Memory spaces are tag types: a view's type says whether its pointer may be dereferenced
+// on the host. CPU executors accept host views only; a CUDA executor (exec/cuda.hpp)
+// accepts device views. Storage is 64-byte aligned (one cache line, one AVX-512 vector).
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "t2/core/error.hpp"
+
+T2_NAMESPACE_BEGIN
+
+struct host_memory {
+    static constexpr const char* name = "host";
+};
+struct cuda_memory {
+    static constexpr const char* name = "cuda";
+};
+
+template <class S>
+concept memory_space = std::is_same_v<S, host_memory> || std::is_same_v<S, cuda_memory>;
+
+inline constexpr std::size_t tensor_alignment = 64;
+
+namespace detail {
+
+struct aligned_free {
+    void operator()(void* p) const noexcept { std::free(p); }
+};
+
+inline void* aligned_allocate(std::size_t bytes) {
+    if (bytes == 0)
+        return nullptr;
+    // aligned_alloc wants a multiple of the alignment.
+    T2_CHECK(bytes <= std::numeric_limits<std::size_t>::max() - tensor_alignment,
+             "allocation of ", bytes, " bytes is too large");
+    const std::size_t rounded = (bytes + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+    void* p = std::aligned_alloc(tensor_alignment, rounded);
+    if (!p)
+        throw std::bad_alloc();
+    return p;
+}
+
+} // namespace detail
+
+// Owning, 64-byte aligned, host storage for n trivially copyable elements. Contents are
+// value-initialised (zero) on construction; copying copies the elements.
+template <class T>
+class aligned_buffer {
+    static_assert(std::is_trivially_copyable_v<T>, "aligned_buffer holds trivial types");
+
+public:
+    aligned_buffer() = default;
+    explicit aligned_buffer(std::size_t n) : size_(n) {
+        T2_CHECK(n <= std::numeric_limits<std::size_t>::max() / sizeof(T),
+                 "buffer of ", n, " elements overflows size_t");
+        data_.reset(static_cast<T*>(detail::aligned_allocate(n * sizeof(T))));
+        if (n)
+            std::memset(static_cast<void*>(data_.get()), 0, n * sizeof(T));
+    }
+    aligned_buffer(const aligned_buffer& other) : aligned_buffer(other.size_) {
+        if (size_)
+            std::memcpy(static_cast<void*>(data_.get()), other.data_.get(), size_ * sizeof(T));
+    }
+    aligned_buffer& operator=(const aligned_buffer& other) {
+        if (this != &other)
+            *this = aligned_buffer(other);
+        return *this;
+    }
+    aligned_buffer(aligned_buffer&& other) noexcept
+        : data_(std::move(other.data_)), size_(std::exchange(other.size_, 0)) {}
+    aligned_buffer& operator=(aligned_buffer&& other) noexcept {
+        data_ = std::move(other.data_);
+        size_ = std::exchange(other.size_, 0);
+        return *this;
+    }
+
+    T* data() noexcept { return data_.get(); }
+    const T* data() const noexcept { return data_.get(); }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    std::unique_ptr<T, detail::aligned_free> data_;
+    std::size_t size_ = 0;
+};
+
+T2_NAMESPACE_END

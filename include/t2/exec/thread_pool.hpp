@@ -1,0 +1,134 @@
+#pragma once
+// A fork-join pool of std::threads. The user creates it and passes it (through
+// exec::threads) to kernels; nothing in t2 starts threads behind the user's back.
+//
+// run(n, f) calls f(task) for every task in [0, n) and returns when all are done. The
+// calling thread works too, so a pool of size 1 has no worker threads at all. Tasks are
+// handed out by an atomic counter (cheap dynamic balancing). A call from inside a task of
+// the same pool runs serially instead of deadlocking. The first exception a task throws is
+// rethrown by run() after every task has finished.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "t2/core/error.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace exec {
+
+class thread_pool {
+public:
+    // n_threads counts the caller; 0 means std::thread::hardware_concurrency().
+    explicit thread_pool(std::size_t n_threads = 0) {
+        if (n_threads == 0)
+            n_threads = std::max(1u, std::thread::hardware_concurrency());
+        workers_.reserve(n_threads - 1);
+        for (std::size_t i = 0; i + 1 < n_threads; ++i)
+            workers_.emplace_back([this] { work_loop(); });
+    }
+    thread_pool(const thread_pool&) = delete;
+    thread_pool& operator=(const thread_pool&) = delete;
+    ~thread_pool() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto& w : workers_)
+            w.join();
+    }
+
+    std::size_t size() const noexcept { return workers_.size() + 1; }
+
+    template <class F>
+    void run(std::size_t n_tasks, F&& task) {
+        if (n_tasks == 0)
+            return;
+        if (n_tasks == 1 || workers_.empty() || current_pool() == this) {
+            for (std::size_t i = 0; i < n_tasks; ++i)
+                task(i);
+            return;
+        }
+        std::lock_guard one_job_at_a_time(run_mutex_);
+        job_ = std::ref(task);
+        n_tasks_ = n_tasks;
+        next_task_.store(0, std::memory_order_relaxed);
+        error_ = nullptr;
+        {
+            std::lock_guard lock(mutex_);
+            active_workers_ = workers_.size();
+            ++generation_;
+        }
+        wake_.notify_all();
+        do_tasks();
+        std::unique_lock lock(mutex_);
+        finished_.wait(lock, [this] { return active_workers_ == 0; });
+        job_ = nullptr;
+        if (error_)
+            std::rethrow_exception(std::exchange(error_, nullptr));
+    }
+
+private:
+    static const thread_pool*& current_pool() noexcept {
+        thread_local const thread_pool* pool = nullptr;
+        return pool;
+    }
+
+    void do_tasks() {
+        const thread_pool* outer = std::exchange(current_pool(), this);
+        for (;;) {
+            const std::size_t i = next_task_.fetch_add(1, std::memory_order_relaxed);
+            if (i >= n_tasks_)
+                break;
+            try {
+                job_(i);
+            } catch (...) {
+                std::lock_guard lock(mutex_);
+                if (!error_)
+                    error_ = std::current_exception();
+            }
+        }
+        current_pool() = outer;
+    }
+
+    void work_loop() {
+        std::size_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock lock(mutex_);
+                wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+                if (stopping_)
+                    return;
+                seen = generation_;
+            }
+            do_tasks();
+            {
+                std::lock_guard lock(mutex_);
+                if (--active_workers_ == 0)
+                    finished_.notify_one();
+            }
+        }
+    }
+
+    std::vector<std::thread> workers_;
+    std::mutex run_mutex_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::condition_variable finished_;
+    std::function<void(std::size_t)> job_;
+    std::size_t n_tasks_ = 0;
+    std::atomic<std::size_t> next_task_{0};
+    std::size_t generation_ = 0;
+    std::size_t active_workers_ = 0;
+    bool stopping_ = false;
+    std::exception_ptr error_;
+};
+
+} // namespace exec
+T2_NAMESPACE_END

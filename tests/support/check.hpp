@@ -1,0 +1,80 @@
+#pragma once
+// Shared helpers for the tests: random tensors, the executors every kernel is tested on,
+// and comparison against a reference that reports the worst element.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <span>
+#include <string>
+#include <tuple>
+
+#include "t2/t2.hpp"
+
+namespace t2_test {
+
+// Fills with uniform values in [lo, hi) from a seeded counter-based generator.
+inline void fill_uniform(std::span<float> out, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
+    const t2::philox rng(seed);
+    for (std::size_t i = 0; i < out.size(); ++i)
+        out[i] = rng.uniform(i, lo, hi);
+}
+
+template <class E>
+t2::tensor<float, E> random_tensor(const E& shape, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
+    t2::tensor<float, E> t(shape);
+    fill_uniform(t.span(), seed, lo, hi);
+    return t;
+}
+
+inline t2::matrix<float> random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
+    return random_tensor(t2::dims<2>(rows, cols), seed);
+}
+
+inline t2::vector<float> random_vector(std::size_t n, std::uint64_t seed) {
+    return random_tensor(t2::dims<1>(n), seed);
+}
+
+struct comparison {
+    double worst_error = 0; // max |got - want| / (atol/rtol-scaled) over elements
+    std::size_t worst_index = 0;
+    double got = 0, want = 0;
+    bool ok = true;
+};
+
+// Element i passes when |got - want| <= atol + rtol * |want|. NaN anywhere fails.
+inline comparison compare(std::span<const float> got, std::span<const float> want, double rtol,
+                          double atol) {
+    comparison c;
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double g = got[i], w = want[i];
+        const double err = std::abs(g - w) / (atol + rtol * std::abs(w));
+        if (!(err <= 1.0) && c.ok) {
+            c.ok = false;
+        }
+        if (!(err <= c.worst_error)) { // also catches NaN
+            c.worst_error = std::isnan(err) ? INFINITY : err;
+            c.worst_index = i;
+            c.got = g;
+            c.want = w;
+        }
+    }
+    return c;
+}
+
+// Checks got against want and prints the worst element when they disagree.
+#define T2_CHECK_CLOSE(got, want, rtol, atol)                                                  \
+    do {                                                                                   \
+        const auto t2_cmp = ::t2_test::compare((got), (want), (rtol), (atol));              \
+        INFO("worst element " << t2_cmp.worst_index << ": got " << t2_cmp.got << ", want "  \
+                              << t2_cmp.want << " (error " << t2_cmp.worst_error            \
+                              << " x tolerance)");                                         \
+        CHECK(t2_cmp.ok);                                                                  \
+    } while (0)
+
+// Sizes every kernel is tested on: 1, primes, and sizes around SIMD widths (4, 8, 16).
+inline constexpr std::size_t odd_sizes[] = {1, 2, 3, 5, 7, 8, 13, 15, 16, 17, 31, 33, 64, 67, 127, 257};
+
+} // namespace t2_test
