@@ -50,7 +50,8 @@ inline comparison compare(std::span<const float> got, std::span<const float> wan
     REQUIRE(got.size() == want.size());
     for (std::size_t i = 0; i < got.size(); ++i) {
         const double g = got[i], w = want[i];
-        const double err = std::abs(g - w) / (atol + rtol * std::abs(w));
+        const double diff = std::abs(g - w);
+        const double err = diff == 0 ? 0 : diff / (atol + rtol * std::abs(w));
         if (!(err <= 1.0) && c.ok) {
             c.ok = false;
         }
@@ -65,9 +66,9 @@ inline comparison compare(std::span<const float> got, std::span<const float> wan
 }
 
 // Checks got against want and prints the worst element when they disagree.
-#define T2_CHECK_CLOSE(got, want, rtol, atol)                                                  \
+#define T2_CHECK_CLOSE(GOT, WANT, RTOL, ATOL)                                              \
     do {                                                                                   \
-        const auto t2_cmp = ::t2_test::compare((got), (want), (rtol), (atol));              \
+        const auto t2_cmp = ::t2_test::compare((GOT), (WANT), (RTOL), (ATOL));              \
         INFO("worst element " << t2_cmp.worst_index << ": got " << t2_cmp.got << ", want "  \
                               << t2_cmp.want << " (error " << t2_cmp.worst_error            \
                               << " x tolerance)");                                         \

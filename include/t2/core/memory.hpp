@@ -50,20 +50,28 @@ inline void* aligned_allocate(std::size_t bytes) {
 
 } // namespace detail
 
+// Tag for storage whose every element the caller writes before reading it.
+struct uninitialized_t {
+    explicit uninitialized_t() = default;
+};
+inline constexpr uninitialized_t uninitialized{};
+
 // Owning, 64-byte aligned, host storage for n trivially copyable elements. Contents are
-// value-initialised (zero) on construction; copying copies the elements.
+// zero unless constructed with `uninitialized`; copying copies the elements.
 template <class T>
 class aligned_buffer {
     static_assert(std::is_trivially_copyable_v<T>, "aligned_buffer holds trivial types");
 
 public:
     aligned_buffer() = default;
-    explicit aligned_buffer(std::size_t n) : size_(n) {
+    explicit aligned_buffer(std::size_t n) : aligned_buffer(n, uninitialized) {
+        if (n)
+            std::memset(static_cast<void*>(data_.get()), 0, n * sizeof(T));
+    }
+    aligned_buffer(std::size_t n, uninitialized_t) : size_(n) {
         T2_CHECK(n <= std::numeric_limits<std::size_t>::max() / sizeof(T),
                  "buffer of ", n, " elements overflows size_t");
         data_.reset(static_cast<T*>(detail::aligned_allocate(n * sizeof(T))));
-        if (n)
-            std::memset(static_cast<void*>(data_.get()), 0, n * sizeof(T));
     }
     aligned_buffer(const aligned_buffer& other) : aligned_buffer(other.size_) {
         if (size_)

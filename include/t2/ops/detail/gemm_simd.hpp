@@ -1,0 +1,282 @@
+#pragma once
+// The SIMD gemm: packed, cache-blocked, with a register-tile micro-kernel (the BLIS
+// scheme: Goto & van de Geijn, "Anatomy of high-performance matrix multiplication", 2008),
+// and a dot-product kernel for skinny x·Wᵀ products, which is what a transformer runs
+// when it multiplies a few tokens by a weight matrix stored as W[N×K].
+//
+// All routines here take gemm_args (raw pointers with leading dimensions), so that the
+// threads executor can hand each worker a sub-block of C without copying. beta == 0 never
+// reads C (BLAS semantics: C may hold NaN or garbage).
+#include "t2/config.hpp"
+
+#if T2_ENABLE_SIMD
+#include <algorithm>
+#include <cstddef>
+#include <xsimd/xsimd.hpp>
+
+#include "t2/core/memory.hpp"
+#include "t2/exec/simd.hpp"
+#include "t2/ops/detail/gemm_args.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace ops::detail {
+
+// Register tile and cache blocks per architecture, chosen by measurement (see
+// benchmarks/README.md). With 32 vector registers (AVX-512) a 10×2-vector tile leaves GCC
+// enough registers to keep both B vectors live (12×2 made it spill one per iteration); with
+// 16 registers (AVX2, SSE) the classic 6×2 tile. kc × nr of packed B per micro-panel, mc × kc
+// of packed A stays in L2, kc × nc of packed B in the last-level cache.
+template <class Arch>
+struct gemm_blocking {
+    static constexpr std::size_t lanes = xsimd::batch<float, Arch>::size;
+    static constexpr std::size_t nv = 2;
+    static constexpr std::size_t nr = nv * lanes;
+    static constexpr std::size_t mr = lanes >= 16 ? 10 : 6;
+    static constexpr std::size_t kc = lanes >= 16 ? 384 : 256;
+    static constexpr std::size_t mc = mr * 16;
+    static constexpr std::size_t nc = nr * 128;
+};
+
+// Packs rows [i0, i0+m) × columns [k0, k0+kc) of op(A) into mr-row micro-panels, each
+// stored k-major (kc × mr), zero-padding the last panel.
+template <std::size_t MR>
+inline void pack_a(const gemm_args& g, std::size_t i0, std::size_t m, std::size_t k0,
+                   std::size_t kc, float* T2_RESTRICT out) {
+    for (std::size_t p = 0; p < m; p += MR) {
+        const std::size_t rows = std::min(MR, m - p);
+        if (!g.trans_a) {
+            for (std::size_t kk = 0; kk < kc; ++kk) {
+                for (std::size_t r = 0; r < rows; ++r)
+                    out[kk * MR + r] = g.a[(i0 + p + r) * g.lda + k0 + kk];
+                for (std::size_t r = rows; r < MR; ++r)
+                    out[kk * MR + r] = 0.f;
+            }
+        } else {
+            for (std::size_t kk = 0; kk < kc; ++kk) {
+                const float* src = g.a + (k0 + kk) * g.lda + i0 + p;
+                for (std::size_t r = 0; r < rows; ++r)
+                    out[kk * MR + r] = src[r];
+                for (std::size_t r = rows; r < MR; ++r)
+                    out[kk * MR + r] = 0.f;
+            }
+        }
+        out += kc * MR;
+    }
+}
+
+// Packs rows [k0, k0+kc) × columns [j0, j0+n) of op(B) into nr-column micro-panels, each
+// stored k-major (kc × nr), zero-padding the last panel.
+template <std::size_t NR>
+inline void pack_b(const gemm_args& g, std::size_t k0, std::size_t kc, std::size_t j0,
+                   std::size_t n, float* T2_RESTRICT out) {
+    for (std::size_t p = 0; p < n; p += NR) {
+        const std::size_t cols = std::min(NR, n - p);
+        if (!g.trans_b) {
+            for (std::size_t kk = 0; kk < kc; ++kk) {
+                const float* src = g.b + (k0 + kk) * g.ldb + j0 + p;
+                float* dst = out + kk * NR;
+                for (std::size_t j = 0; j < cols; ++j)
+                    dst[j] = src[j];
+                for (std::size_t j = cols; j < NR; ++j)
+                    dst[j] = 0.f;
+            }
+        } else {
+            // Column j of the panel is row j0+p+j of the stored B: read each row once.
+            for (std::size_t j = 0; j < cols; ++j) {
+                const float* src = g.b + (j0 + p + j) * g.ldb + k0;
+                for (std::size_t kk = 0; kk < kc; ++kk)
+                    out[kk * NR + j] = src[kk];
+            }
+            for (std::size_t kk = 0; kk < kc; ++kk)
+                for (std::size_t j = cols; j < NR; ++j)
+                    out[kk * NR + j] = 0.f;
+        }
+        out += kc * NR;
+    }
+}
+
+// C tile (m ≤ MR rows, n ≤ NR columns) = alpha · Ap · Bp + beta · C, where Ap is a packed
+// kc × MR micro-panel and Bp a packed kc × NR micro-panel.
+template <class Arch, std::size_t MR, std::size_t NV>
+T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
+                                   const float* T2_RESTRICT bp, float* c, std::size_t ldc,
+                                   std::size_t m, std::size_t n, float alpha, float beta) {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t L = batch::size;
+    constexpr std::size_t NR = NV * L;
+    static_assert(NV == 2, "the tile is two vectors wide");
+
+    batch acc[MR][NV];
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < MR; ++r) {
+        acc[r][0] = batch(0.f);
+        acc[r][1] = batch(0.f);
+    }
+    // Two named B vectors rather than an array: GCC keeps them in registers then.
+    for (std::size_t kk = 0; kk < kc; ++kk) {
+        const batch b0 = batch::load_aligned(bp + kk * NR);
+        const batch b1 = batch::load_aligned(bp + kk * NR + L);
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < MR; ++r) {
+            const batch a(ap[kk * MR + r]);
+            acc[r][0] = xsimd::fma(a, b0, acc[r][0]);
+            acc[r][1] = xsimd::fma(a, b1, acc[r][1]);
+        }
+    }
+
+    const batch va(alpha), vb(beta);
+    if (m == MR && n == NR) {
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+            for (std::size_t v = 0; v < NV; ++v) {
+                float* dst = c + r * ldc + v * L;
+                batch out = acc[r][v] * va;
+                if (beta != 0.f)
+                    out = xsimd::fma(vb, batch::load_unaligned(dst), out);
+                out.store_unaligned(dst);
+            }
+        return;
+    }
+    alignas(tensor_alignment) float tile[MR * NR];
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t v = 0; v < NV; ++v)
+            acc[r][v].store_aligned(tile + r * NR + v * L);
+    for (std::size_t r = 0; r < m; ++r)
+        for (std::size_t j = 0; j < n; ++j) {
+            float& dst = c[r * ldc + j];
+            const float out = alpha * tile[r * NR + j];
+            dst = beta != 0.f ? beta * dst + out : out;
+        }
+}
+
+// Blocked, packed gemm on one thread; the packing buffers are sized to the problem.
+template <class Arch>
+inline void gemm_packed(const gemm_args& g) {
+    using blk = gemm_blocking<Arch>;
+    const auto round_up = [](std::size_t x, std::size_t to) { return (x + to - 1) / to * to; };
+    // Packed B follows packed A and must start on an aligned boundary too.
+    const std::size_t a_size = round_up(
+        std::min(blk::kc, g.k) * round_up(std::min(blk::mc, g.m), blk::mr), tensor_alignment / sizeof(float));
+    const std::size_t b_size = std::min(blk::kc, g.k) * round_up(std::min(blk::nc, g.n), blk::nr);
+    aligned_buffer<float> workspace(a_size + b_size, uninitialized);
+    float* packed_a = workspace.data();
+    float* packed_b = workspace.data() + a_size;
+    for (std::size_t j0 = 0; j0 < g.n; j0 += blk::nc) {
+        const std::size_t nc = std::min(blk::nc, g.n - j0);
+        for (std::size_t k0 = 0; k0 < g.k; k0 += blk::kc) {
+            const std::size_t kc = std::min(blk::kc, g.k - k0);
+            // The first k block applies the caller's beta; later ones accumulate.
+            const float beta = k0 == 0 ? g.beta : 1.f;
+            pack_b<blk::nr>(g, k0, kc, j0, nc, packed_b);
+            for (std::size_t i0 = 0; i0 < g.m; i0 += blk::mc) {
+                const std::size_t mc = std::min(blk::mc, g.m - i0);
+                pack_a<blk::mr>(g, i0, mc, k0, kc, packed_a);
+                for (std::size_t jr = 0; jr < nc; jr += blk::nr) {
+                    const float* bp = packed_b + (jr / blk::nr) * kc * blk::nr;
+                    for (std::size_t ir = 0; ir < mc; ir += blk::mr) {
+                        const float* ap = packed_a + (ir / blk::mr) * kc * blk::mr;
+                        micro_kernel<Arch, blk::mr, blk::nv>(
+                            kc, ap, bp, g.c + (i0 + ir) * g.ldc + j0 + jr, g.ldc,
+                            std::min(blk::mr, mc - ir), std::min(blk::nr, nc - jr), g.alpha, beta);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// C[m×n] = alpha · A[m×K] · W[n×K]ᵀ + beta · C, with A and W rows contiguous along K:
+// every output is a dot product of two contiguous rows. Blocks of RM rows of A × RN rows of
+// W share their loads (RM + RN loads feed RM·RN FMAs). W streams from memory once per RN
+// rows; A (few rows) stays in cache. This is gemm for a handful of tokens, and gemv.
+template <class Arch, std::size_t RM, std::size_t RN>
+T2_ALWAYS_INLINE void dot_block(std::size_t k, const float* a, std::size_t lda, const float* w,
+                                std::size_t ldw, float* c, std::size_t ldc, float alpha,
+                                float beta) {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t L = batch::size;
+    batch acc[RM][RN];
+#pragma GCC unroll 8
+    for (std::size_t i = 0; i < RM; ++i)
+#pragma GCC unroll 8
+        for (std::size_t j = 0; j < RN; ++j)
+            acc[i][j] = batch(0.f);
+    std::size_t kk = 0;
+    for (; kk + L <= k; kk += L) {
+        batch wv[RN];
+#pragma GCC unroll 8
+        for (std::size_t j = 0; j < RN; ++j)
+            wv[j] = batch::load_unaligned(w + j * ldw + kk);
+#pragma GCC unroll 8
+        for (std::size_t i = 0; i < RM; ++i) {
+            const batch av = batch::load_unaligned(a + i * lda + kk);
+#pragma GCC unroll 8
+            for (std::size_t j = 0; j < RN; ++j)
+                acc[i][j] = xsimd::fma(av, wv[j], acc[i][j]);
+        }
+    }
+    for (std::size_t i = 0; i < RM; ++i)
+        for (std::size_t j = 0; j < RN; ++j) {
+            float sum = t2::detail::reduce_add(acc[i][j]);
+            for (std::size_t t = kk; t < k; ++t)
+                sum += a[i * lda + t] * w[j * ldw + t];
+            float& dst = c[i * ldc + j];
+            dst = beta != 0.f ? beta * dst + alpha * sum : alpha * sum;
+        }
+}
+
+template <class Arch>
+inline void gemm_dot(std::size_t m, std::size_t n, std::size_t k, float alpha, const float* a,
+                     std::size_t lda, const float* w, std::size_t ldw, float beta, float* c,
+                     std::size_t ldc) {
+    constexpr std::size_t RN = 4;
+    std::size_t j = 0;
+    for (; j + RN <= n; j += RN) {
+        std::size_t i = 0;
+        for (; i + 4 <= m; i += 4)
+            dot_block<Arch, 4, RN>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc,
+                                   alpha, beta);
+        for (; i < m; ++i)
+            dot_block<Arch, 1, RN>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc,
+                                   alpha, beta);
+    }
+    for (; j < n; ++j)
+        for (std::size_t i = 0; i < m; ++i)
+            dot_block<Arch, 1, 1>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc,
+                                  alpha, beta);
+}
+
+// c[1×n] = alpha · a[1×k] · B[k×n] + beta · c with B rows contiguous (a transposed gemv):
+// c accumulates row by row of B, in column blocks small enough to stay in L1 while B
+// streams through once.
+template <class Arch>
+inline void gemv_rows(const gemm_args& g) {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t L = batch::size;
+    constexpr std::size_t block = 1024;
+    for (std::size_t j0 = 0; j0 < g.n; j0 += block) {
+        const std::size_t nb = std::min(block, g.n - j0);
+        alignas(tensor_alignment) float acc[block];
+        std::fill_n(acc, nb, 0.f);
+        for (std::size_t kk = 0; kk < g.k; ++kk) {
+            const float* row = g.b + kk * g.ldb + j0;
+            const float ak = g.a_at(0, kk);
+            const batch av(ak);
+            std::size_t j = 0;
+            for (; j + L <= nb; j += L)
+                xsimd::fma(av, batch::load_unaligned(row + j), batch::load_aligned(acc + j))
+                    .store_aligned(acc + j);
+            for (; j < nb; ++j)
+                acc[j] += ak * row[j];
+        }
+        for (std::size_t j = 0; j < nb; ++j) {
+            float& dst = g.c[j0 + j];
+            dst = g.beta != 0.f ? g.beta * dst + g.alpha * acc[j] : g.alpha * acc[j];
+        }
+    }
+}
+
+} // namespace ops::detail
+T2_NAMESPACE_END
+#endif

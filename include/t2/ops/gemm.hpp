@@ -1,0 +1,128 @@
+#pragma once
+// General matrix multiply, the hot loop of the library.
+//
+//   C[M×N] = alpha · op(A)[M×K] · op(B)[K×N] + beta · C
+//   op(X) = Xᵀ when the matching transpose option is set; A is then stored K×M, B N×K.
+//
+// A linear layer y = x·Wᵀ with W stored [out × in] is gemm(ex, x, w, y, {.transpose_b = true}).
+// beta = 0 overwrites C without reading it (C may hold NaN), as BLAS does.
+//
+// Executors: scalar is the reference (a dot product per element); simd<Arch> picks a
+// packed, cache-blocked micro-kernel for large products and a dot-product kernel for
+// x·Wᵀ with few rows of x; threads<Inner> splits C into column (or row) blocks.
+#include <algorithm>
+#include <cstddef>
+#include <utility>
+
+#include "t2/core/tensor.hpp"
+#include "t2/exec/scalar.hpp"
+#include "t2/exec/simd.hpp"
+#include "t2/exec/threads.hpp"
+#include "t2/ops/detail/gemm_args.hpp"
+#include "t2/ops/detail/gemm_simd.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace ops {
+
+struct gemm_options {
+    bool transpose_a = false;
+    bool transpose_b = false;
+    float alpha = 1.f;
+    float beta = 0.f;
+};
+
+namespace detail {
+
+inline void scale_c(const gemm_args& g) {
+    for (std::size_t i = 0; i < g.m; ++i)
+        for (std::size_t j = 0; j < g.n; ++j) {
+            float& c = g.c[i * g.ldc + j];
+            c = g.beta != 0.f ? g.beta * c : 0.f;
+        }
+}
+
+inline void gemm(const exec::scalar&, const gemm_args& g) {
+    for (std::size_t i = 0; i < g.m; ++i)
+        for (std::size_t j = 0; j < g.n; ++j) {
+            float sum = 0.f;
+            for (std::size_t kk = 0; kk < g.k; ++kk)
+                sum += g.a_at(i, kk) * g.b_at(kk, j);
+            float& c = g.c[i * g.ldc + j];
+            c = g.beta != 0.f ? g.beta * c + g.alpha * sum : g.alpha * sum;
+        }
+}
+
+#if T2_ENABLE_SIMD
+// Below this many rows of A, x·Wᵀ runs as dot products over the stored rows of W: packing
+// W would cost a full extra pass over it for too little reuse.
+inline constexpr std::size_t skinny_rows = 16;
+
+template <class Arch>
+void gemm(const exec::simd<Arch>&, const gemm_args& g) {
+    if (g.k == 0)
+        return scale_c(g);
+    if (g.m == 1 && !g.trans_b)
+        return gemv_rows<Arch>(g);
+    if (g.trans_b && g.m <= skinny_rows) {
+        if (!g.trans_a)
+            return gemm_dot<Arch>(g.m, g.n, g.k, g.alpha, g.a, g.lda, g.b, g.ldb, g.beta, g.c,
+                                  g.ldc);
+        // Few rows of a transposed A: gather them into contiguous rows first.
+        aligned_buffer<float> rows(g.m * g.k, uninitialized);
+        for (std::size_t i = 0; i < g.m; ++i)
+            for (std::size_t kk = 0; kk < g.k; ++kk)
+                rows.data()[i * g.k + kk] = g.a_at(i, kk);
+        return gemm_dot<Arch>(g.m, g.n, g.k, g.alpha, rows.data(), g.k, g.b, g.ldb, g.beta,
+                              g.c, g.ldc);
+    }
+    gemm_packed<Arch>(g);
+}
+#endif
+
+// Splits C into blocks, one task each; every block is an ordinary gemm of the inner
+// executor. Column blocks are preferred: each task then packs its own part of B and only
+// re-reads A, which is the smaller operand in the shapes transformers run.
+template <class Inner>
+void gemm(const exec::threads<Inner>& ex, const gemm_args& g) {
+    constexpr std::size_t block = 64; // a multiple of every micro-tile width
+    const std::size_t work = g.m * g.n * std::max<std::size_t>(g.k, 1);
+    if (ex.concurrency() == 1 || work < 64 * 64 * 64)
+        return gemm(ex.inner(), g);
+    if (g.n >= g.m || g.n >= block * ex.concurrency()) {
+        const std::size_t blocks = (g.n + block - 1) / block;
+        ex.parallel_for(blocks, 1, [&](std::size_t b0, std::size_t b1) {
+            const std::size_t j0 = b0 * block, j1 = std::min(g.n, b1 * block);
+            gemm(ex.inner(), g.column_block(j0, j1 - j0));
+        });
+    } else {
+        const std::size_t blocks = (g.m + block - 1) / block;
+        ex.parallel_for(blocks, 1, [&](std::size_t b0, std::size_t b1) {
+            const std::size_t i0 = b0 * block, i1 = std::min(g.m, b1 * block);
+            gemm(ex.inner(), g.row_block(i0, i1 - i0));
+        });
+    }
+}
+
+} // namespace detail
+
+template <exec::cpu_executor E>
+void gemm(const E& ex, matrix_view<const float> a, matrix_view<const float> b, matrix_view<float> c,
+          const gemm_options& options = {}) {
+    const std::size_t m = options.transpose_a ? a.extent(1) : a.extent(0);
+    const std::size_t k = options.transpose_a ? a.extent(0) : a.extent(1);
+    const std::size_t kb = options.transpose_b ? b.extent(1) : b.extent(0);
+    const std::size_t n = options.transpose_b ? b.extent(0) : b.extent(1);
+    T2_CHECK(k == kb && c.extent(0) == m && c.extent(1) == n, "gemm: op(A) is ", m, "x", k,
+             ", op(B) is ", kb, "x", n, " and C is ", c.shape(), "; need C = ", m, "x", n,
+             " and matching inner dimensions (A ", a.shape(), (options.transpose_a ? "ᵀ" : ""),
+             ", B ", b.shape(), (options.transpose_b ? "ᵀ" : ""), ")");
+    if (m == 0 || n == 0)
+        return;
+    const detail::gemm_args g{options.transpose_a, options.transpose_b, m, n, k,
+                              options.alpha, a.data(), a.extent(1), b.data(), b.extent(1),
+                              options.beta, c.data(), n};
+    detail::gemm(ex, g);
+}
+
+} // namespace ops
+T2_NAMESPACE_END

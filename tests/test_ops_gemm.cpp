@@ -1,0 +1,195 @@
+// gemm and gemv: every executor against the scalar reference on odd shapes, all transpose
+// and alpha/beta combinations; the scalar reference against a double-precision product.
+#include <cmath>
+#include <cstddef>
+#include <vector>
+
+#include "support/check.hpp"
+#include "support/executors.hpp"
+
+namespace {
+
+using t2::matrix;
+using t2::ops::gemm_options;
+
+struct shape {
+    std::size_t m, n, k;
+};
+
+// Odd sizes around the tiles (mr = 6/10, nr = 16/32, kc = 256/384) and the skinny-path
+// threshold, plus the transformer shapes the issue benchmarks, in miniature.
+const shape shapes[] = {{1, 1, 1},   {1, 7, 3},    {2, 3, 5},     {3, 1, 17},   {7, 13, 11},
+                        {10, 32, 9}, {11, 33, 31}, {16, 67, 64},  {17, 40, 257}, {31, 17, 5},
+                        {33, 65, 385}, {1, 300, 289}, {5, 129, 100}, {67, 258, 7},  {130, 97, 131}};
+
+// Operands stored for the requested transposes: A is m×k (k×m if transposed), B k×n (n×k).
+struct problem {
+    matrix<float> a, b, c;
+    problem(const shape& s, const gemm_options& o, std::uint64_t seed)
+        : a(t2_test::random_matrix(o.transpose_a ? s.k : s.m, o.transpose_a ? s.m : s.k, seed)),
+          b(t2_test::random_matrix(o.transpose_b ? s.n : s.k, o.transpose_b ? s.k : s.n, seed + 1)),
+          c(t2_test::random_matrix(s.m, s.n, seed + 2)) {}
+};
+
+std::vector<gemm_options> all_options() {
+    std::vector<gemm_options> out;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (auto [alpha, beta] : {std::pair{1.f, 0.f}, {0.5f, 1.f}, {-2.f, 0.25f}})
+                out.push_back({ta, tb, alpha, beta});
+    return out;
+}
+
+// Tolerance for a length-k f32 dot product of values in [-1, 1]: rounding grows ~sqrt(k).
+double atol_for(std::size_t k) { return 2e-6 * (1.0 + std::sqrt(static_cast<double>(k))); }
+
+template <class E>
+void check_against_scalar(const E& ex) {
+    std::uint64_t seed = 100;
+    for (const shape& s : shapes)
+        for (const gemm_options& o : all_options()) {
+            problem p(s, o, seed += 3);
+            matrix<float> want = p.c, got = p.c;
+            t2::ops::gemm(t2::exec::scalar{}, p.a, p.b, want, o);
+            t2::ops::gemm(ex, p.a, p.b, got, o);
+            CAPTURE(s.m);
+            CAPTURE(s.n);
+            CAPTURE(s.k);
+            CAPTURE(o.transpose_a);
+            CAPTURE(o.transpose_b);
+            CAPTURE(o.alpha);
+            CAPTURE(o.beta);
+            T2_CHECK_CLOSE(got.span(), want.span(), 1e-5, atol_for(s.k) * std::abs(o.alpha));
+        }
+}
+
+} // namespace
+
+TEST_CASE("gemm scalar reference matches a double-precision product") {
+    for (const shape& s : shapes)
+        for (const gemm_options& o : all_options()) {
+            problem p(s, o, 7);
+            matrix<float> got = p.c;
+            t2::ops::gemm(t2::exec::scalar{}, p.a, p.b, got, o);
+            std::vector<float> want(s.m * s.n);
+            for (std::size_t i = 0; i < s.m; ++i)
+                for (std::size_t j = 0; j < s.n; ++j) {
+                    double sum = 0;
+                    for (std::size_t k = 0; k < s.k; ++k)
+                        sum += double(o.transpose_a ? p.a(k, i) : p.a(i, k)) *
+                               double(o.transpose_b ? p.b(j, k) : p.b(k, j));
+                    want[i * s.n + j] = float(o.alpha * sum + o.beta * double(p.c(i, j)));
+                }
+            T2_CHECK_CLOSE(got.span(), std::span<const float>(want), 1e-5, atol_for(s.k));
+        }
+}
+
+#if T2_ENABLE_SIMD
+TEST_CASE_TEMPLATE_DEFINE("gemm simd matches scalar", E, gemm_simd_id) { check_against_scalar(E{}); }
+TEST_CASE_TEMPLATE_APPLY(gemm_simd_id, t2_test::simd_executors);
+
+TEST_CASE("gemm threads<simd> matches scalar with 1, 2 and 3 threads") {
+    for (std::size_t n : {1, 2, 3}) {
+        t2::exec::thread_pool pool(n);
+        check_against_scalar(t2::exec::threads<t2::exec::simd<>>(pool));
+    }
+}
+
+TEST_CASE("gemm threads<simd> splits large products correctly") {
+    // Big enough to pass the threading threshold and split both ways.
+    t2::exec::thread_pool pool(3);
+    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    for (const shape& s : {shape{300, 70, 50}, shape{70, 300, 50}, shape{1, 1000, 300}, shape{9, 777, 130}})
+        for (const gemm_options& o : all_options()) {
+            problem p(s, o, 11);
+            matrix<float> want = p.c, got = p.c;
+            t2::ops::gemm(t2::exec::scalar{}, p.a, p.b, want, o);
+            t2::ops::gemm(ex, p.a, p.b, got, o);
+            T2_CHECK_CLOSE(got.span(), want.span(), 1e-5, atol_for(s.k) * std::abs(o.alpha));
+        }
+}
+
+TEST_CASE("gemm with beta = 0 ignores NaN in C") {
+    problem p({13, 37, 29}, {}, 5);
+    p.c.fill(NAN);
+    matrix<float> want(13, 37);
+    t2::ops::gemm(t2::exec::scalar{}, p.a, p.b, want);
+    t2::ops::gemm(t2::exec::simd<>{}, p.a, p.b, p.c);
+    T2_CHECK_CLOSE(p.c.span(), want.span(), 1e-5, atol_for(29));
+}
+#endif
+
+TEST_CASE("gemm threads<scalar> matches scalar") {
+    t2::exec::thread_pool pool(2);
+    check_against_scalar(t2::exec::threads<t2::exec::scalar>(pool));
+}
+
+TEST_CASE("gemm with k = 0 scales C by beta") {
+    matrix<float> a(3, 0), b(0, 4), c = t2_test::random_matrix(3, 4, 1), want = c;
+    for (float& v : want.span())
+        v *= 0.5f;
+    t2::ops::gemm(t2::exec::scalar{}, a, b, c, {.beta = 0.5f});
+    T2_CHECK_CLOSE(c.span(), want.span(), 0, 0);
+#if T2_ENABLE_SIMD
+    c = t2_test::random_matrix(3, 4, 1);
+    t2::ops::gemm(t2::exec::simd<>{}, a, b, c, {.beta = 0.5f});
+    T2_CHECK_CLOSE(c.span(), want.span(), 0, 0);
+#endif
+}
+
+TEST_CASE("gemm rejects mismatched shapes") {
+    matrix<float> a(3, 4), b(5, 6), c(3, 6);
+    CHECK_THROWS_AS(t2::ops::gemm(t2::exec::scalar{}, a, b, c), t2::error);
+    matrix<float> b2(4, 6), c2(3, 5);
+    CHECK_THROWS_AS(t2::ops::gemm(t2::exec::scalar{}, a, b2, c2), t2::error);
+    CHECK_NOTHROW(t2::ops::gemm(t2::exec::scalar{}, a, b2, c));
+    CHECK_THROWS_WITH_AS(t2::ops::gemm(t2::exec::scalar{}, a, b2, c, {.transpose_b = true}),
+                         doctest::Contains("gemm"), t2::error);
+}
+
+template <class E>
+void check_gemv(const E& ex) {
+    std::uint64_t seed = 1;
+    for (std::size_t rows : t2_test::odd_sizes)
+        for (std::size_t cols : {1, 3, 16, 17, 67, 257, 1100})
+            for (bool transpose : {false, true})
+                for (auto [alpha, beta] : {std::pair{1.f, 0.f}, {0.5f, -1.f}}) {
+                    const matrix<float> a = t2_test::random_matrix(rows, cols, seed++);
+                    const std::size_t in = transpose ? rows : cols, out = transpose ? cols : rows;
+                    const auto x = t2_test::random_vector(in, seed++);
+                    auto want = t2_test::random_vector(out, seed++);
+                    auto got = want;
+                    const t2::ops::gemv_options o{transpose, alpha, beta};
+                    // Independent reference in double.
+                    for (std::size_t i = 0; i < out; ++i) {
+                        double sum = 0;
+                        for (std::size_t j = 0; j < in; ++j)
+                            sum += double(transpose ? a(j, i) : a(i, j)) * x[j];
+                        want[i] = float(alpha * sum + beta * double(want[i]));
+                    }
+                    t2::ops::gemv(ex, a, x, got, o);
+                    CAPTURE(rows);
+                    CAPTURE(cols);
+                    CAPTURE(transpose);
+                    T2_CHECK_CLOSE(got.span(), want.span(), 1e-5, atol_for(in));
+                }
+}
+
+TEST_CASE("gemv scalar matches a double-precision product") { check_gemv(t2::exec::scalar{}); }
+
+#if T2_ENABLE_SIMD
+TEST_CASE_TEMPLATE_DEFINE("gemv simd matches double precision", E, gemv_simd_id) { check_gemv(E{}); }
+TEST_CASE_TEMPLATE_APPLY(gemv_simd_id, t2_test::simd_executors);
+
+TEST_CASE("gemv threads<simd> matches double precision") {
+    t2::exec::thread_pool pool(3);
+    check_gemv(t2::exec::threads<t2::exec::simd<>>(pool));
+}
+#endif
+
+TEST_CASE("gemv rejects mismatched shapes") {
+    matrix<float> a(3, 4);
+    t2::vector<float> x(3), y(3);
+    CHECK_THROWS_AS(t2::ops::gemv(t2::exec::scalar{}, a, x, y), t2::error);
+    CHECK_THROWS_AS(t2::ops::gemv(t2::exec::scalar{}, a, x, y, {.transpose = true}), t2::error);
+}
