@@ -13,6 +13,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <xsimd/xsimd.hpp>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "t2/core/memory.hpp"
 #include "t2/exec/simd.hpp"
@@ -64,6 +67,62 @@ inline void pack_a(const gemm_args& g, std::size_t i0, std::size_t m, std::size_
     }
 }
 
+// out[kk·NR + j] = src[j·ld + kk] for kk < kc, j < cols, zero for cols ≤ j < NR.
+// With AVX the bulk goes through 8×8 register transposes (rows of src are read a line at a
+// time and out is written in full vectors); element-wise loops take the edges. This packing
+// is on the critical path of x·Wᵀ with W stored [N×K].
+template <std::size_t NR>
+inline void pack_transposed(const float* T2_RESTRICT src, std::size_t ld, std::size_t kc,
+                            std::size_t cols, float* T2_RESTRICT out) {
+    std::size_t j = 0;
+#if defined(__AVX__)
+    for (; j + 8 <= cols; j += 8) {
+        std::size_t kk = 0;
+        for (; kk + 8 <= kc; kk += 8) {
+            const float* s = src + j * ld + kk;
+            __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ld),
+                   r2 = _mm256_loadu_ps(s + 2 * ld), r3 = _mm256_loadu_ps(s + 3 * ld),
+                   r4 = _mm256_loadu_ps(s + 4 * ld), r5 = _mm256_loadu_ps(s + 5 * ld),
+                   r6 = _mm256_loadu_ps(s + 6 * ld), r7 = _mm256_loadu_ps(s + 7 * ld);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                         t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+                         t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+            r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+            r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+            r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+            r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+            r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+            r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+            r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+            float* d = out + kk * NR + j;
+            _mm256_storeu_ps(d, r0);
+            _mm256_storeu_ps(d + NR, r1);
+            _mm256_storeu_ps(d + 2 * NR, r2);
+            _mm256_storeu_ps(d + 3 * NR, r3);
+            _mm256_storeu_ps(d + 4 * NR, r4);
+            _mm256_storeu_ps(d + 5 * NR, r5);
+            _mm256_storeu_ps(d + 6 * NR, r6);
+            _mm256_storeu_ps(d + 7 * NR, r7);
+        }
+        for (; kk < kc; ++kk)
+            for (std::size_t t = 0; t < 8; ++t)
+                out[kk * NR + j + t] = src[(j + t) * ld + kk];
+    }
+#endif
+    for (; j < cols; ++j)
+        for (std::size_t kk = 0; kk < kc; ++kk)
+            out[kk * NR + j] = src[j * ld + kk];
+    for (std::size_t kk = 0; kk < kc; ++kk)
+        for (std::size_t jj = cols; jj < NR; ++jj)
+            out[kk * NR + jj] = 0.f;
+}
+
 // Packs rows [k0, k0+kc) × columns [j0, j0+n) of op(B) into nr-column micro-panels, each
 // stored k-major (kc × nr), zero-padding the last panel.
 template <std::size_t NR>
@@ -81,15 +140,8 @@ inline void pack_b(const gemm_args& g, std::size_t k0, std::size_t kc, std::size
                     dst[j] = 0.f;
             }
         } else {
-            // Column j of the panel is row j0+p+j of the stored B: read each row once.
-            for (std::size_t j = 0; j < cols; ++j) {
-                const float* src = g.b + (j0 + p + j) * g.ldb + k0;
-                for (std::size_t kk = 0; kk < kc; ++kk)
-                    out[kk * NR + j] = src[kk];
-            }
-            for (std::size_t kk = 0; kk < kc; ++kk)
-                for (std::size_t j = cols; j < NR; ++j)
-                    out[kk * NR + j] = 0.f;
+            // Column j of the panel is row j0+p+j of the stored B: a transpose.
+            pack_transposed<NR>(g.b + (j0 + p) * g.ldb + k0, g.ldb, kc, cols, out);
         }
         out += kc * NR;
     }
