@@ -6,7 +6,17 @@
 #include "t2/exec/executor.hpp"
 
 #if T2_ENABLE_SIMD
+// GCC 12 warns about the `_mm512_undefined_ps()` operands inside its own AVX-512 intrinsic
+// headers when xsimd's math functions inline them (GCC bug 105593, fixed in GCC 13). The
+// warning is tied to the header's lines, so it is silenced where xsimd brings them in.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 T2_NAMESPACE_BEGIN
 namespace exec {
