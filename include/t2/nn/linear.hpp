@@ -1,0 +1,82 @@
+#pragma once
+// A linear layer y = x·Wᵀ whose weight representation is a policy.
+//
+//   x[T × in] → y[T × out], W stored [out × in] as checkpoints store it.
+//
+// A weight policy provides in_features(), out_features() and forward(ex, x, y). dense<T>
+// is a plain matrix; the adapter policies (SVF: W' = U(σ⊙z)Vᵀ, expert mixtures, LoRA) are
+// further policies with the same three members, so layers never change when the weight
+// representation does.
+#include <cstddef>
+#include <memory>
+#include <utility>
+
+#include "t2/core/tensor.hpp"
+#include "t2/exec/executor.hpp"
+#include "t2/ops/gemm.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace nn {
+
+template <class P>
+concept weight_policy = requires(const P& p) {
+    { p.in_features() } -> std::convertible_to<std::size_t>;
+    { p.out_features() } -> std::convertible_to<std::size_t>;
+};
+
+// A dense [out × in] matrix. It views memory kept alive by `owner`: a tensor of its own, or
+// a memory-mapped checkpoint shared by every weight of the model (no copy at load).
+template <class T = float>
+class dense {
+    static_assert(std::is_same_v<T, float>, "dense<T>: f32 weights for now");
+
+public:
+    dense() = default;
+    dense(matrix_view<const T> weight, std::shared_ptr<const void> owner)
+        : weight_(weight), owner_(std::move(owner)) {}
+    explicit dense(matrix<T> weight) {
+        auto storage = std::make_shared<matrix<T>>(std::move(weight));
+        weight_ = storage->view();
+        owner_ = std::move(storage);
+    }
+
+    std::size_t in_features() const noexcept { return weight_.extent(1); }
+    std::size_t out_features() const noexcept { return weight_.extent(0); }
+    matrix_view<const T> weight() const noexcept { return weight_; }
+
+    template <exec::cpu_executor E>
+    void forward(const E& ex, matrix_view<const float> x, matrix_view<float> y) const {
+        ops::gemm(ex, x, weight_, y, {.transpose_b = true});
+    }
+
+private:
+    matrix_view<const T> weight_;
+    std::shared_ptr<const void> owner_;
+};
+
+template <weight_policy Weight>
+class linear {
+public:
+    linear() = default;
+    explicit linear(Weight weight) : weight_(std::move(weight)) {}
+
+    std::size_t in_features() const noexcept { return weight_.in_features(); }
+    std::size_t out_features() const noexcept { return weight_.out_features(); }
+    const Weight& weight() const noexcept { return weight_; }
+    Weight& weight() noexcept { return weight_; }
+
+    template <exec::cpu_executor E>
+    void operator()(const E& ex, matrix_view<const float> x, matrix_view<float> y) const {
+        T2_CHECK(x.extent(1) == in_features() && y.extent(1) == out_features() &&
+                     x.extent(0) == y.extent(0),
+                 "linear: weight is ", out_features(), "x", in_features(), ", x is ", x.shape(),
+                 ", y is ", y.shape());
+        weight_.forward(ex, x, y);
+    }
+
+private:
+    Weight weight_;
+};
+
+} // namespace nn
+T2_NAMESPACE_END
