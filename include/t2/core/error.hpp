@@ -24,8 +24,18 @@ namespace detail {
 template <class... Parts>
 [[noreturn]] inline void throw_error(Parts&&... parts) {
     std::ostringstream out;
-    (out << ... << std::forward<Parts>(parts));
+    if constexpr (sizeof...(Parts) > 0)
+        (out << ... << std::forward<Parts>(parts));
     throw error(out.str());
+}
+
+// T2_CHECK(cond) without a message reports the condition instead of an empty message.
+template <class... Parts>
+[[noreturn]] inline void throw_check_failed(const char* expr, Parts&&... parts) {
+    if constexpr (sizeof...(Parts) > 0)
+        throw_error(std::forward<Parts>(parts)...);
+    else
+        throw_error("check failed: ", expr);
 }
 
 template <class... Parts>
@@ -48,7 +58,7 @@ T2_NAMESPACE_END
 #define T2_CHECK(cond, ...)                                                                \
     do {                                                                                   \
         if (!(cond)) [[unlikely]]                                                          \
-            ::t2::detail::throw_error(__VA_ARGS__);                                        \
+            ::t2::detail::throw_check_failed(#cond __VA_OPT__(, ) __VA_ARGS__);            \
     } while (0)
 
 #if T2_DEBUG_CHECKS

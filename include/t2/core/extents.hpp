@@ -23,7 +23,7 @@ inline constexpr std::size_t dyn = std::dynamic_extent;
 namespace detail {
 
 // Multiplies extents, throwing instead of wrapping around on overflow.
-inline std::size_t checked_product(std::span<const std::size_t> values) {
+constexpr std::size_t checked_product(std::span<const std::size_t> values) {
     std::size_t n = 1;
     for (std::size_t v : values) {
         T2_CHECK(v == 0 || n <= std::numeric_limits<std::size_t>::max() / v,

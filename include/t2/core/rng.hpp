@@ -5,6 +5,7 @@
 // element i of a random tensor is the same however the work is split across threads or
 // devices, and a seed alone reproduces a run. philox is a small value type: copy it freely.
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <numbers>
@@ -42,9 +43,11 @@ public:
         return static_cast<float>(bits(index)[0] >> 8) * 0x1p-24f;
     }
 
-    // Uniform in [lo, hi).
+    // Uniform in [lo, hi). Rounding can carry lo + (hi - lo) * u up to hi itself (e.g. lo = 1,
+    // hi = 2, u = 1 - 2^-24), so that one case is clamped to the float just below hi.
     constexpr float uniform(std::uint64_t index, float lo, float hi) const noexcept {
-        return lo + (hi - lo) * uniform(index);
+        const float x = lo + (hi - lo) * uniform(index);
+        return x < hi || !(lo < hi) ? x : float_below(hi);
     }
 
     // Standard normal via Box-Muller on two words of the same block.
@@ -64,6 +67,15 @@ public:
     }
 
 private:
+    static constexpr float float_below(float x) noexcept { // x > -inf, not NaN
+        const auto bits = std::bit_cast<std::uint32_t>(x);
+        if (x > 0)
+            return std::bit_cast<float>(bits - 1);
+        if (x == 0)
+            return std::bit_cast<float>(0x80000001u); // -2^-149
+        return std::bit_cast<float>(bits + 1);
+    }
+
     std::array<std::uint32_t, 2> key_;
     std::uint64_t stream_;
 };

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <span>
 #include <type_traits>
+#include <utility>
 
 #include "t2/core/extents.hpp"
 #include "t2/core/memory.hpp"
@@ -151,6 +152,17 @@ struct dynamic_storage {
     Extents shape_;
     explicit dynamic_storage(const Extents& shape)
         : buffer(checked_product(shape.all())), shape_(shape) {}
+    dynamic_storage(const dynamic_storage&) = default;
+    dynamic_storage& operator=(const dynamic_storage&) = default;
+    // A moved-from tensor is empty (its dynamic extents become 0), never a shape without
+    // storage behind it.
+    dynamic_storage(dynamic_storage&& other) noexcept
+        : buffer(std::move(other.buffer)), shape_(std::exchange(other.shape_, Extents{})) {}
+    dynamic_storage& operator=(dynamic_storage&& other) noexcept {
+        buffer = std::move(other.buffer);
+        shape_ = std::exchange(other.shape_, Extents{});
+        return *this;
+    }
     T* data() noexcept { return buffer.data(); }
     const T* data() const noexcept { return buffer.data(); }
     const Extents& shape() const noexcept { return shape_; }
@@ -257,7 +269,9 @@ using matrix = tensor<T, dims<2>>;
 template <class T, class... I>
     requires(std::is_integral_v<I> && ...)
 constexpr tensor_view<T, dims<sizeof...(I)>> view_of(T* data, I... extents_values) {
-    return {data, dims<sizeof...(I)>(extents_values...)};
+    const dims<sizeof...(I)> shape(extents_values...);
+    (void)detail::checked_product(shape.all()); // shapes from files must not wrap around
+    return {data, shape};
 }
 
 template <class T, class E, class S, class U, class F>

@@ -51,8 +51,18 @@ public:
         if (n_tasks == 0)
             return;
         if (n_tasks == 1 || workers_.empty() || current_pool() == this) {
-            for (std::size_t i = 0; i < n_tasks; ++i)
-                task(i);
+            // Same contract as the parallel path: every task runs, then the first error.
+            std::exception_ptr first_error;
+            for (std::size_t i = 0; i < n_tasks; ++i) {
+                try {
+                    task(i);
+                } catch (...) {
+                    if (!first_error)
+                        first_error = std::current_exception();
+                }
+            }
+            if (first_error)
+                std::rethrow_exception(first_error);
             return;
         }
         std::lock_guard one_job_at_a_time(run_mutex_);

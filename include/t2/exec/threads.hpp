@@ -35,12 +35,14 @@ public:
         if (n == 0)
             return;
         grain = std::max<std::size_t>(grain, 1);
-        const std::size_t max_chunks = std::max<std::size_t>(1, (n + grain - 1) / grain);
+        // Rounding n / grain down and sizing the chunks evenly (they differ by at most one
+        // item) keeps every chunk >= grain; only n < grain gives a single smaller chunk.
+        const std::size_t max_chunks = std::max<std::size_t>(1, n / grain);
         const std::size_t chunks = std::min(max_chunks, concurrency() == 1 ? 1 : concurrency() * 4);
-        const std::size_t step = (n + chunks - 1) / chunks;
-        pool_->run((n + step - 1) / step, [&](std::size_t c) {
-            const std::size_t begin = c * step;
-            body(begin, std::min(n, begin + step));
+        const std::size_t step = n / chunks, longer = n % chunks; // the first `longer` get +1
+        pool_->run(chunks, [&](std::size_t c) {
+            const std::size_t begin = c * step + std::min(c, longer);
+            body(begin, begin + step + (c < longer ? 1 : 0));
         });
     }
 
