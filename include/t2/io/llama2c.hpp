@@ -19,20 +19,13 @@
 #include <memory>
 #include <string>
 
+#include "t2/io/checkpoint.hpp"
 #include "t2/io/mapped_file.hpp"
-#include "t2/nn/llama.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace io {
 
 static_assert(std::endian::native == std::endian::little, "checkpoint readers assume little-endian");
-
-struct llama2c_checkpoint {
-    nn::llama_config config;
-    nn::llama_weights<nn::dense<float>> weights;
-    int version = 0;         // 0 (legacy), 1 (f32) or 2 (Q8_0)
-    std::size_t group_size = 0; // Q8_0 group size (version 2)
-};
 
 namespace detail {
 
@@ -55,6 +48,7 @@ struct llama2c_storage {
 struct llama2c_source {
     byte_reader reader;
     llama2c_storage& storage;
+    std::vector<tensor_record>& records;
     std::size_t group_size = 0; // 0: f32 data
 
     const float* f32(std::size_t n, const char* what) {
@@ -65,6 +59,7 @@ struct llama2c_source {
     // One matrix: a view of f32 data, or int8 values and scales dequantized into a copy.
     matrix_view<const float> matrix(std::size_t rows, std::size_t cols, const char* what) {
         const std::size_t n = checked_mul(rows, cols, reader.name());
+        records.push_back({what, group_size == 0 ? "f32" : "q8_0", {rows, cols}});
         if (group_size == 0)
             return {f32(n, what), dims<2>(rows, cols)};
         if (n % group_size != 0)
@@ -80,7 +75,10 @@ struct llama2c_source {
         return out->view();
     }
 
-    vector_view<const float> vector(std::size_t n, const char* what) { return {f32(n, what), dims<1>(n)}; }
+    vector_view<const float> vector(std::size_t n, const char* what) {
+        records.push_back({what, "f32", {n}});
+        return {f32(n, what), dims<1>(n)};
+    }
 };
 
 inline nn::llama_config read_llama2c_dims(byte_reader& r, bool& shared) {
@@ -108,21 +106,23 @@ inline nn::llama_config read_llama2c_dims(byte_reader& r, bool& shared) {
 
 } // namespace detail
 
-inline llama2c_checkpoint read_llama2c(const std::string& path) {
+// Reads versions 0, 1 and 2; tensors are recorded in file order with llama2.c's names
+// (one record per layer).
+inline checkpoint read_llama2c(const std::string& path) {
     auto file = std::make_shared<const mapped_file>(path);
     auto storage = std::make_shared<detail::llama2c_storage>();
     storage->file = file;
-    llama2c_checkpoint out;
+    checkpoint out;
     out.weights.owner = storage;
-    detail::llama2c_source src{byte_reader(file->bytes(), path), *storage, 0};
+    detail::llama2c_source src{byte_reader(file->bytes(), path), *storage, out.tensors, 0};
+    int version = 0;
     auto& r = src.reader;
     bool shared = true;
     if (file->size() >= 8 && r.read<std::uint32_t>("magic") == detail::llama2c_magic) {
-        const auto version = r.read<std::int32_t>("version");
+        version = r.read<std::int32_t>("version");
         if (version != 1 && version != 2)
             t2::detail::throw_error(path, ": llama2.c checkpoint version ", version,
                                     " is not supported (versions 0, 1 and 2 are)");
-        out.version = version;
         out.config = detail::read_llama2c_dims(r, shared);
         shared = r.read<std::uint8_t>("shared_classifier flag") != 0;
         out.config.shared_classifier = shared;
@@ -130,7 +130,7 @@ inline llama2c_checkpoint read_llama2c(const std::string& path) {
             const auto group = r.read<std::int32_t>("group_size");
             if (group <= 0)
                 t2::detail::throw_error(path, ": Q8_0 group size ", group, " must be positive");
-            src.group_size = out.group_size = std::size_t(group);
+            src.group_size = std::size_t(group);
         }
         r.seek(256, "the end of the 256-byte header");
     } else {
@@ -144,7 +144,8 @@ inline llama2c_checkpoint read_llama2c(const std::string& path) {
     const auto dense = [&](nn::linear<nn::dense<float>>& layer, matrix_view<const float> m) {
         layer = nn::linear<nn::dense<float>>(nn::dense<float>(m, storage));
     };
-    if (out.version == 0) {
+    out.format = "llama2.c v" + std::to_string(version);
+    if (version == 0) {
         w.token_embedding = src.matrix(c.vocab_size, D, "token embedding");
         for (auto& b : w.blocks) b.attention_norm = src.vector(D, "attention norms");
         for (auto& b : w.blocks) dense(b.wq, src.matrix(D, D, "wq"));
