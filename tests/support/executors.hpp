@@ -40,7 +40,8 @@ struct enabled<arch_list<Kept...>> {
 template <class... Kept, class A, class... Rest>
 struct enabled<arch_list<Kept...>, A, Rest...>
     : std::conditional_t<A::supported() && !std::is_same_v<A, xsimd::default_arch>,
-                         enabled<arch_list<Kept..., A>, Rest...>, enabled<arch_list<Kept...>, Rest...>> {};
+                         enabled<arch_list<Kept..., A>, Rest...>,
+                         enabled<arch_list<Kept...>, Rest...>> {};
 
 template <class List>
 struct as_executors;

@@ -1,0 +1,206 @@
+#pragma once
+// Normalisation over the last dimension.
+//
+//   rmsnorm:   y[rows × d] = x · w[d] / sqrt(mean(x²) + eps)
+//   layernorm: y[rows × d] = (x − mean(x)) / sqrt(var(x) + eps) · gamma[d] + beta[d]
+//   (vector overloads treat x[d] as one row)
+//
+// rmsnorm follows llama2.c (and Hugging Face's LlamaRMSNorm): eps inside the square root,
+// y = w · (x · rstd). layernorm follows torch.nn.LayerNorm (the biased variance) with the
+// corrected two-pass algorithm (Chan, Golub & LeVeque 1983): a second pass sums x − m and
+// (x − m)² around the first-pass mean m, which corrects both m's rounding error and the
+// variance; one-pass E[x²] − E[x]² would cancel badly when |mean| >> std. y may be x.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include "t2/core/tensor.hpp"
+#include "t2/exec/scalar.hpp"
+#include "t2/exec/simd.hpp"
+#include "t2/exec/threads.hpp"
+#include "t2/ops/detail/kernel_support.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace ops {
+namespace detail {
+
+inline void rmsnorm(const exec::scalar&, const float* x, const float* w, float* y, std::size_t rows,
+                    std::size_t d, float eps) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * d;
+        float* yr = y + r * d;
+        float ss = 0.f;
+        for (std::size_t j = 0; j < d; ++j)
+            ss += xr[j] * xr[j];
+        const float rstd = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
+        for (std::size_t j = 0; j < d; ++j)
+            yr[j] = w[j] * (rstd * xr[j]);
+    }
+}
+
+inline void layernorm(const exec::scalar&, const float* x, const float* gamma, const float* beta,
+                      float* y, std::size_t rows, std::size_t d, float eps) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * d;
+        float* yr = y + r * d;
+        float sum = 0.f;
+        for (std::size_t j = 0; j < d; ++j)
+            sum += xr[j];
+        const float m = sum / static_cast<float>(d);
+        float s1 = 0.f, s2 = 0.f;
+        for (std::size_t j = 0; j < d; ++j) {
+            s1 += xr[j] - m;
+            s2 += (xr[j] - m) * (xr[j] - m);
+        }
+        const float mean = m + s1 / static_cast<float>(d);
+        const float var =
+            std::max(0.f, (s2 - s1 * s1 / static_cast<float>(d)) / static_cast<float>(d));
+        const float rstd = 1.f / std::sqrt(var + eps);
+        for (std::size_t j = 0; j < d; ++j)
+            yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
+    }
+}
+
+#if T2_ENABLE_SIMD
+// Σ f(x[j]) over one row, two partial sums per lane to overlap FMA latency; f must map
+// the zero padding of the tail to zero.
+template <class Arch, class F>
+float simd_row_sum(const float* x, std::size_t d, F&& f) {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t lanes = batch::size;
+    batch s0(0.f), s1(0.f);
+    std::size_t j = 0;
+    for (; j + 2 * lanes <= d; j += 2 * lanes) {
+        s0 = f(batch::load_unaligned(x + j), s0);
+        s1 = f(batch::load_unaligned(x + j + lanes), s1);
+    }
+    for (; j + lanes <= d; j += lanes)
+        s0 = f(batch::load_unaligned(x + j), s0);
+    if (j < d)
+        s1 = f(load_partial<Arch>(x + j, d - j, 0.f), s1);
+    return t2::detail::reduce_add(s0 + s1);
+}
+
+template <class Arch>
+void rmsnorm(const exec::simd<Arch>&, const float* x, const float* w, float* y, std::size_t rows,
+             std::size_t d, float eps) {
+    using batch = xsimd::batch<float, Arch>;
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * d;
+        const float ss = simd_row_sum<Arch>(
+            xr, d, [](const batch& v, const batch& acc) { return xsimd::fma(v, v, acc); });
+        const batch rstd(1.f / std::sqrt(ss / static_cast<float>(d) + eps));
+        simd_map<Arch>(w, xr, y + r * d, d,
+                       [&](const batch& wv, const batch& xv) { return wv * (rstd * xv); });
+    }
+}
+
+template <class Arch>
+void layernorm(const exec::simd<Arch>&, const float* x, const float* gamma, const float* beta,
+               float* y, std::size_t rows, std::size_t d, float eps) {
+    using batch = xsimd::batch<float, Arch>;
+    constexpr std::size_t lanes = batch::size;
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * d;
+        float* yr = y + r * d;
+        const float m =
+            simd_row_sum<Arch>(xr, d, [](const batch& v, const batch& acc) { return v + acc; }) /
+            static_cast<float>(d);
+        // Σ(x − m) and Σ(x − m)² in one pass over the full batches; the padding of a
+        // partial batch would add −m, so the tail is done by hand.
+        const batch vm(m);
+        const std::size_t body = d / lanes * lanes;
+        batch a1(0.f), a2(0.f);
+        for (std::size_t j = 0; j < body; j += lanes) {
+            const batch c = batch::load_unaligned(xr + j) - vm;
+            a1 += c;
+            a2 = xsimd::fma(c, c, a2);
+        }
+        float s1 = t2::detail::reduce_add(a1), s2 = t2::detail::reduce_add(a2);
+        for (std::size_t j = body; j < d; ++j) {
+            s1 += xr[j] - m;
+            s2 += (xr[j] - m) * (xr[j] - m);
+        }
+        const batch mean(m + s1 / static_cast<float>(d));
+        const float var =
+            std::max(0.f, (s2 - s1 * s1 / static_cast<float>(d)) / static_cast<float>(d));
+        const batch rstd(1.f / std::sqrt(var + eps));
+        std::size_t j = 0;
+        for (; j < body; j += lanes) {
+            const batch v = (batch::load_unaligned(xr + j) - mean) * rstd;
+            xsimd::fma(v, batch::load_unaligned(gamma + j), batch::load_unaligned(beta + j))
+                .store_unaligned(yr + j);
+        }
+        if (j < d) {
+            const std::size_t n = d - j;
+            const batch v = (load_partial<Arch>(xr + j, n, 0.f) - mean) * rstd;
+            store_partial<Arch>(xsimd::fma(v, load_partial<Arch>(gamma + j, n, 0.f),
+                                           load_partial<Arch>(beta + j, n, 0.f)),
+                                yr + j, n);
+        }
+    }
+}
+#endif
+
+template <class Inner>
+void rmsnorm(const exec::threads<Inner>& ex, const float* x, const float* w, float* y,
+             std::size_t rows, std::size_t d, float eps) {
+    for_rows(ex, rows, d, stream_grain, [&](std::size_t r0, std::size_t r1) {
+        detail::rmsnorm(ex.inner(), x + r0 * d, w, y + r0 * d, r1 - r0, d, eps);
+    });
+}
+
+template <class Inner>
+void layernorm(const exec::threads<Inner>& ex, const float* x, const float* gamma,
+               const float* beta, float* y, std::size_t rows, std::size_t d, float eps) {
+    for_rows(ex, rows, d, stream_grain, [&](std::size_t r0, std::size_t r1) {
+        detail::layernorm(ex.inner(), x + r0 * d, gamma, beta, y + r0 * d, r1 - r0, d, eps);
+    });
+}
+
+inline void check_norm(const char* op, matrix_view<const float> x, matrix_view<float> y,
+                       const char* param_name, vector_view<const float> param, float eps) {
+    check_same_shape(op, "x", x, "y", y);
+    check_no_partial_overlap(op, "x", x, "y", y);
+    T2_CHECK(x.extent(1) > 0, op, ": x is ", x.shape(), "; it needs at least one column");
+    T2_CHECK(param.size() == x.extent(1), op, ": ", param_name, " is ", param.shape(), " but x is ",
+             x.shape(), "; ", param_name, " needs one element per column");
+    T2_CHECK(eps >= 0.f, op, ": eps is ", eps, "; it must be >= 0");
+}
+
+} // namespace detail
+
+// y = x · weight / sqrt(mean(x²) + eps), row by row. y may be x.
+template <exec::cpu_executor E>
+void rmsnorm(const E& ex, matrix_view<const float> x, vector_view<const float> weight,
+             matrix_view<float> y, float eps = 1e-5f) {
+    detail::check_norm("rmsnorm", x, y, "weight", weight, eps);
+    detail::rmsnorm(ex, x.data(), weight.data(), y.data(), x.extent(0), x.extent(1), eps);
+}
+
+template <exec::cpu_executor E>
+void rmsnorm(const E& ex, vector_view<const float> x, vector_view<const float> weight,
+             vector_view<float> y, float eps = 1e-5f) {
+    rmsnorm(ex, x.reshape(dims<2>(1, x.size())), weight, y.reshape(dims<2>(1, y.size())), eps);
+}
+
+// y = (x − mean) / sqrt(var + eps) · gamma + beta, row by row (biased variance). y may be x.
+template <exec::cpu_executor E>
+void layernorm(const E& ex, matrix_view<const float> x, vector_view<const float> gamma,
+               vector_view<const float> beta, matrix_view<float> y, float eps = 1e-5f) {
+    detail::check_norm("layernorm", x, y, "gamma", gamma, eps);
+    T2_CHECK(beta.size() == x.extent(1), "layernorm: beta is ", beta.shape(), " but x is ",
+             x.shape(), "; beta needs one element per column");
+    detail::layernorm(ex, x.data(), gamma.data(), beta.data(), y.data(), x.extent(0), x.extent(1),
+                      eps);
+}
+
+template <exec::cpu_executor E>
+void layernorm(const E& ex, vector_view<const float> x, vector_view<const float> gamma,
+               vector_view<const float> beta, vector_view<float> y, float eps = 1e-5f) {
+    layernorm(ex, x.reshape(dims<2>(1, x.size())), gamma, beta, y.reshape(dims<2>(1, y.size())),
+              eps);
+}
+
+} // namespace ops
+T2_NAMESPACE_END
