@@ -1,12 +1,14 @@
 // The Llama decoder on the real stories260K checkpoint: greedy decoding reproduces the
 // token ids of llama2.c's run.c (tests/data/stories260K_greedy_runc.txt), every executor
 // gives the same logits, and prefill agrees with token-by-token decoding.
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "support/check.hpp"
+#include "support/temp_dir.hpp"
 #include "t2/io/llama2c.hpp"
 #include "t2/io/tokenizer.hpp"
 #include "t2/nn/generate.hpp"
@@ -146,7 +148,7 @@ TEST_CASE("llama2.c reader rejects truncated and malformed files") {
     const std::string path = models + "/stories260K.bin";
     std::ifstream in(path, std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const std::string tmp = std::string(T2_TEST_TMP_DIR) + "/corrupt.bin";
+    const std::string tmp = t2_test::temp_dir() + "/corrupt.bin";
     const auto write = [&](const std::string& content) {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         out.write(content.data(), std::streamsize(content.size()));

@@ -149,7 +149,8 @@ struct static_storage {
 template <class T, class Extents>
 struct dynamic_storage {
     aligned_buffer<T> buffer;
-    Extents shape_;
+    Extents shape_{};
+    dynamic_storage() = default; // empty: every dynamic extent 0
     explicit dynamic_storage(const Extents& shape)
         : buffer(checked_product(shape.all())), shape_(shape) {}
     dynamic_storage(const dynamic_storage&) = default;
@@ -188,9 +189,8 @@ public:
 
     static constexpr std::size_t rank() noexcept { return Extents::rank(); }
 
-    tensor()
-        requires Extents::is_static
-    = default;
+    // Static shapes: zero-filled elements; dynamic shapes: an empty tensor (extents 0).
+    tensor() = default;
 
     explicit tensor(const Extents& shape) : storage_(shape) {}
 

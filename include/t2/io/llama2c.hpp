@@ -13,12 +13,14 @@
 //
 // Every size is checked against the file's length before anything is read.
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
 
+#include "t2/io/atomic_file.hpp"
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/mapped_file.hpp"
 
@@ -176,6 +178,54 @@ inline checkpoint read_llama2c(const std::string& path) {
         t2::detail::throw_error(path, ": ", r.remaining(), " bytes left after the last tensor; the "
                                 "header's dimensions do not describe this file");
     return out;
+}
+
+
+// Writes f32 weights as a legacy (version 0) llama2.c checkpoint, the format run.c reads,
+// including its RoPE tables; atomically. The config must use interleaved RoPE with theta
+// 10000, which is all that format can express.
+template <class Weight>
+void write_llama2c(const std::string& path, const nn::llama_config& c,
+                   const nn::llama_weights<Weight>& w) {
+    nn::validate(c, path);
+    T2_CHECK(c.rope_layout == ops::rope_layout::interleaved && c.rope_theta == 10000.f,
+             path, ": llama2.c checkpoints imply interleaved RoPE with theta 10000");
+    T2_CHECK(c.dim <= 0x7fffffff && c.hidden_dim <= 0x7fffffff && c.vocab_size <= 0x7fffffff,
+             path, ": dimensions do not fit the int32 header");
+    std::vector<std::byte> out;
+    const auto put = [&](const void* data, std::size_t bytes) {
+        const auto* p = static_cast<const std::byte*>(data);
+        out.insert(out.end(), p, p + bytes);
+    };
+    const auto put_view = [&](const auto& view) { put(view.data(), view.size() * sizeof(float)); };
+    const std::int32_t vocab = std::int32_t(c.vocab_size) * (c.shared_classifier ? 1 : -1);
+    const std::int32_t header[7] = {std::int32_t(c.dim), std::int32_t(c.hidden_dim), std::int32_t(c.n_layers),
+                                    std::int32_t(c.n_heads), std::int32_t(c.n_kv_heads), vocab,
+                                    std::int32_t(c.seq_len)};
+    put(header, sizeof header);
+    put_view(w.token_embedding);
+    for (const auto& b : w.blocks) put_view(b.attention_norm);
+    for (const auto& b : w.blocks) put_view(b.wq.weight().weight());
+    for (const auto& b : w.blocks) put_view(b.wk.weight().weight());
+    for (const auto& b : w.blocks) put_view(b.wv.weight().weight());
+    for (const auto& b : w.blocks) put_view(b.wo.weight().weight());
+    for (const auto& b : w.blocks) put_view(b.mlp_norm);
+    for (const auto& b : w.blocks) put_view(b.w1.weight().weight());
+    for (const auto& b : w.blocks) put_view(b.w2.weight().weight());
+    for (const auto& b : w.blocks) put_view(b.w3.weight().weight());
+    put_view(w.final_norm);
+    // run.c skips these tables, but they are part of the format: cos then sin, [seq_len × head_dim/2].
+    const std::size_t hd = nn::head_dim(c);
+    for (int table = 0; table < 2; ++table)
+        for (std::size_t pos = 0; pos < c.seq_len; ++pos)
+            for (std::size_t i = 0; i < hd / 2; ++i) {
+                const double angle = double(pos) * std::pow(10000.0, -2.0 * double(i) / double(hd));
+                const float v = float(table == 0 ? std::cos(angle) : std::sin(angle));
+                put(&v, sizeof v);
+            }
+    if (!c.shared_classifier)
+        put_view(w.classifier.weight().weight());
+    write_file_atomically(path, out);
 }
 
 } // namespace io

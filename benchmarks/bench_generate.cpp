@@ -1,0 +1,161 @@
+// End-to-end prefill and decode speed of the Llama decoder at the tinyllamas sizes
+// (stories15M, stories42M, stories110M: vocab 32000, tied classifier) with random weights.
+//
+//   t2_bench_generate [--models stories15M,stories110M] [--threads 1,2] [--prefill N]
+//                     [--decode N] [--repeat R] [--write-llama2c DIR]
+//
+// Each measurement is the median of --repeat runs. Decode is memory-bound: every token
+// streams all weights once, so it also prints the weight bytes per token and the implied
+// read bandwidth. --write-llama2c writes the same random weights as llama2.c checkpoints,
+// so that run.c (or llama.cpp after conversion) can be measured on identical models.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "t2/io/llama2c.hpp"
+#include "t2/nn/random_init.hpp"
+#include "t2/t2.hpp"
+
+namespace {
+
+struct named_config {
+    const char* name;
+    t2::nn::llama_config config;
+};
+
+t2::nn::llama_config tinyllama(std::size_t dim, std::size_t hidden, std::size_t layers, std::size_t heads) {
+    t2::nn::llama_config c;
+    c.dim = dim;
+    c.hidden_dim = hidden;
+    c.n_layers = layers;
+    c.n_heads = c.n_kv_heads = heads;
+    c.vocab_size = 32000;
+    c.seq_len = 1024;
+    return c;
+}
+
+const named_config all_configs[] = {{"stories15M", tinyllama(288, 768, 6, 6)},
+                                    {"stories42M", tinyllama(512, 1376, 8, 8)},
+                                    {"stories110M", tinyllama(768, 2048, 12, 12)}};
+
+[[noreturn]] void fail(const std::string& message) {
+    std::fprintf(stderr, "t2_bench_generate: %s\n", message.c_str());
+    std::exit(2);
+}
+
+std::vector<std::string> split(const std::string& text) {
+    std::vector<std::string> out;
+    std::size_t at = 0;
+    while (at <= text.size()) {
+        const std::size_t comma = std::min(text.find(',', at), text.size());
+        out.push_back(text.substr(at, comma - at));
+        at = comma + 1;
+    }
+    return out;
+}
+
+std::size_t parse_size(const std::string& flag, const std::string& text) {
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || text[0] == '-' || v == 0 || v > 1000000)
+        fail(flag + " wants a positive whole number, got '" + text + "'");
+    return std::size_t(v);
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+std::size_t weight_bytes(const t2::nn::llama_config& c) {
+    // What one decoded token reads: every block matrix and the classifier (the embedding
+    // row itself is negligible).
+    const std::size_t kv = t2::nn::kv_dim(c);
+    const std::size_t per_layer = 2 * c.dim * c.dim + 2 * kv * c.dim + 3 * c.dim * c.hidden_dim;
+    return (per_layer * c.n_layers + c.vocab_size * c.dim) * sizeof(float);
+}
+
+} // namespace
+
+int main(int argc, char** argv) try {
+    std::vector<std::string> models{"stories15M", "stories42M", "stories110M"};
+    std::vector<std::size_t> threads{1, 2};
+    std::size_t prefill = 128, decode = 64, repeat = 5;
+    std::string write_dir;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "-h" || arg == "--help") {
+            std::puts("usage: t2_bench_generate [--models stories15M,stories42M,stories110M] [--threads 1,2]\n"
+                      "                         [--prefill N] [--decode N] [--repeat R] [--write-llama2c DIR]\n"
+                      "Prefill and decode tokens/s of random-weight models; medians of R runs (default 5).");
+            return 0;
+        }
+        if (i + 1 >= argc)
+            fail("unknown argument '" + arg + "' (see --help)");
+        const std::string value = argv[++i];
+        if (arg == "--models") models = split(value);
+        else if (arg == "--threads") {
+            threads.clear();
+            for (const auto& t : split(value))
+                threads.push_back(parse_size("--threads", t));
+        } else if (arg == "--prefill") prefill = parse_size(arg, value);
+        else if (arg == "--decode") decode = parse_size(arg, value);
+        else if (arg == "--repeat") repeat = parse_size(arg, value);
+        else if (arg == "--write-llama2c") write_dir = value;
+        else fail("unknown argument '" + arg + "' (see --help)");
+    }
+    std::printf("%-12s %7s %8s %12s %12s %10s %12s\n", "model", "threads", "storage", "prefill tok/s",
+                "decode tok/s", "MB/token", "decode GB/s");
+    for (const std::string& name : models) {
+        const auto it = std::find_if(std::begin(all_configs), std::end(all_configs),
+                                     [&](const named_config& c) { return name == c.name; });
+        if (it == std::end(all_configs))
+            fail("unknown model '" + name + "' (stories15M, stories42M or stories110M)");
+        const t2::nn::llama_config& config = it->config;
+        if (prefill + decode > config.seq_len)
+            fail("--prefill + --decode exceeds the context of " + std::to_string(config.seq_len));
+        std::fprintf(stderr, "%s: making random weights...\n", name.c_str());
+        auto weights = t2::nn::random_weights(config, 1234);
+        if (!write_dir.empty()) {
+            const std::string path = write_dir + "/" + name + "-random.bin";
+            t2::io::write_llama2c(path, config, weights);
+            std::fprintf(stderr, "wrote %s\n", path.c_str());
+        }
+        const t2::nn::llama<t2::nn::llama_config> model(config, std::move(weights));
+        std::vector<std::int32_t> prompt(prefill);
+        for (std::size_t i = 0; i < prefill; ++i)
+            prompt[i] = std::int32_t((i * 7919 + 1) % config.vocab_size);
+        for (std::size_t n : threads) {
+            t2::exec::thread_pool pool(n);
+            const t2::exec::threads<t2::exec::simd<>> ex(pool);
+            std::vector<double> prefill_rate, decode_rate;
+            for (std::size_t r = 0; r < repeat; ++r) {
+                auto state = model.make_state();
+                using clock = std::chrono::steady_clock;
+                const auto t0 = clock::now();
+                auto logits = model.forward(ex, state, prompt);
+                const auto t1 = clock::now();
+                for (std::size_t s = 0; s < decode; ++s) {
+                    const std::int32_t next = t2::ops::argmax(logits.span());
+                    logits = model.forward(ex, state, std::span<const std::int32_t>(&next, 1));
+                }
+                const auto t2_end = clock::now();
+                prefill_rate.push_back(double(prefill) / std::chrono::duration<double>(t1 - t0).count());
+                decode_rate.push_back(double(decode) / std::chrono::duration<double>(t2_end - t1).count());
+            }
+            const double mb = double(weight_bytes(config)) / 1e6;
+            const double dec = median(decode_rate);
+            std::printf("%-12s %7zu %8s %12.1f %12.1f %10.1f %12.1f\n", name.c_str(), n, "f32",
+                        median(prefill_rate), dec, mb, dec * mb / 1e3);
+            std::fflush(stdout);
+        }
+    }
+    return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "t2_bench_generate: %s\n", e.what());
+    return 1;
+}

@@ -1,0 +1,338 @@
+// t2: the command-line tool.
+//
+//   t2 generate --model FILE [--tokenizer FILE] [--prompt TEXT] [--steps N] ...
+//   t2 logits   --model FILE --tokens 1,2,3 [--all] [--out FILE.npy]
+//   t2 info     --model FILE
+//
+// Errors are one line on stderr and a non-zero exit. Defaults follow llama2.c's run.c.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "t2/io/load.hpp"
+#include "t2/io/npy.hpp"
+#include "t2/nn/generate.hpp"
+#include "t2/t2.hpp"
+
+namespace {
+
+using model_type = t2::nn::llama<t2::nn::llama_config>;
+using executor = t2::exec::threads<t2::exec::simd<>>;
+
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+constexpr const char* main_usage =
+    "usage: t2 <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  generate   generate text from a prompt\n"
+    "  logits     print or save the logits of a token sequence\n"
+    "  info       describe a checkpoint\n"
+    "\n"
+    "Models: llama2.c .bin (versions 0, 1, 2), GGUF, Hugging Face safetensors directories.\n"
+    "Run 't2 <command> --help' for the options of a command.\n";
+
+constexpr const char* generate_usage =
+    "usage: t2 generate --model FILE [options]\n"
+    "  --model FILE        checkpoint (llama2.c .bin, .gguf, or a Hugging Face directory)\n"
+    "  --tokenizer FILE    llama2.c tokenizer.bin (default: the one the model embeds, else\n"
+    "                      tokenizer.bin beside the model)\n"
+    "  --prompt TEXT       prompt (default: empty)\n"
+    "  --steps N           forward passes, prompt included; 0 = the model's context (default 256)\n"
+    "  --temperature T     0 = greedy (default 1.0)\n"
+    "  --top-p P           nucleus sampling threshold in [0, 1]; 1 disables it (default 0.9)\n"
+    "  --top-k K           sample among the K most likely tokens; 0 disables it (default 0)\n"
+    "  --seed S            random seed (default: the current time)\n"
+    "  --threads N         threads (default: all hardware threads)\n"
+    "  --ids               print the token ids (prompt included) instead of the text\n"
+    "Prints the text on stdout and prefill and decode speeds on stderr.\n";
+
+constexpr const char* logits_usage =
+    "usage: t2 logits --model FILE --tokens 1,2,3 [--all] [--out FILE.npy] [--threads N]\n"
+    "  --tokens IDS   comma-separated token ids, run from position 0\n"
+    "  --all          logits of every position ([T × vocab]) instead of the last ([vocab])\n"
+    "  --out FILE     write float32 .npy instead of printing text\n";
+
+constexpr const char* info_usage =
+    "usage: t2 info --model FILE\n"
+    "Prints the configuration, tensor count, stored dtypes and parameter count.\n";
+
+// Options of the form --name value or --flag; `flags` lists the valueless ones.
+class arguments {
+public:
+    arguments(int argc, char** argv, int first, const std::vector<std::string>& known,
+              const std::vector<std::string>& flags) {
+        for (int i = first; i < argc; ++i) {
+            const std::string arg = argv[i];
+            if (arg == "-h" || arg == "--help") {
+                help = true;
+                continue;
+            }
+            if (std::find(flags.begin(), flags.end(), arg) != flags.end()) {
+                values_[arg] = "";
+                continue;
+            }
+            if (std::find(known.begin(), known.end(), arg) == known.end())
+                throw usage_error("unknown option '" + arg + "'");
+            if (i + 1 >= argc)
+                throw usage_error(arg + " needs a value");
+            values_[arg] = argv[++i];
+        }
+    }
+
+    bool help = false;
+    bool has(const std::string& name) const { return values_.count(name) != 0; }
+    std::optional<std::string> get(const std::string& name) const {
+        const auto it = values_.find(name);
+        return it == values_.end() ? std::nullopt : std::optional(it->second);
+    }
+    std::string required(const std::string& name) const {
+        const auto v = get(name);
+        if (!v)
+            throw usage_error(name + " is required");
+        return *v;
+    }
+    template <class T>
+    T number(const std::string& name, T fallback, T lo, T hi) const {
+        const auto v = get(name);
+        if (!v)
+            return fallback;
+        std::size_t used = 0;
+        T value{};
+        try {
+            if constexpr (std::is_floating_point_v<T>)
+                value = static_cast<T>(std::stod(*v, &used));
+            else if constexpr (std::is_signed_v<T>)
+                value = static_cast<T>(std::stoll(*v, &used));
+            else {
+                if (!v->empty() && (*v)[0] == '-')
+                    throw std::invalid_argument("negative");
+                value = static_cast<T>(std::stoull(*v, &used));
+            }
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used == 0 || used != v->size() || !(value >= lo && value <= hi))
+            throw usage_error(name + " wants a number from " + std::to_string(lo) + " to " +
+                              std::to_string(hi) + ", got '" + *v + "'");
+        return value;
+    }
+
+private:
+    std::map<std::string, std::string> values_;
+};
+
+std::size_t thread_count(const arguments& args) {
+    const std::size_t hw = std::max(1u, std::thread::hardware_concurrency());
+    return args.number<std::size_t>("--threads", hw, 1, 1024);
+}
+
+t2::io::tokenizer find_tokenizer(const arguments& args, const t2::io::checkpoint& ck,
+                                 const std::string& model_path) {
+    if (const auto path = args.get("--tokenizer"))
+        return t2::io::read_llama2c_tokenizer(*path, ck.config.vocab_size);
+    if (ck.tokenizer)
+        return *ck.tokenizer;
+    const auto beside = std::filesystem::path(model_path).parent_path() / "tokenizer.bin";
+    if (std::filesystem::exists(beside))
+        return t2::io::read_llama2c_tokenizer(beside.string(), ck.config.vocab_size);
+    throw usage_error(model_path + " embeds no tokenizer and there is no tokenizer.bin beside it; "
+                                   "pass --tokenizer FILE");
+}
+
+// Prints a piece as run.c's safe_printf does: lone bytes that are not printable or
+// whitespace (control characters from <0xXX> tokens) are dropped.
+void print_piece(const std::string& piece) {
+    if (piece.size() == 1) {
+        const unsigned char c = static_cast<unsigned char>(piece[0]);
+        if (!(std::isprint(c) || std::isspace(c)))
+            return;
+    }
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+}
+
+int generate(int argc, char** argv) {
+    const arguments args(argc, argv, 2,
+                         {"--model", "--tokenizer", "--prompt", "--steps", "--temperature", "--top-p",
+                          "--top-k", "--seed", "--threads"},
+                         {"--ids"});
+    if (args.help) {
+        std::fputs(generate_usage, stdout);
+        return 0;
+    }
+    const std::string model_path = args.required("--model");
+    t2::ops::sampling_options sampling;
+    sampling.temperature = args.number<float>("--temperature", 1.f, 0.f, 100.f);
+    sampling.top_p = args.number<float>("--top-p", 0.9f, 0.f, 1.f);
+    sampling.top_k = args.number<std::size_t>("--top-k", 0, 0, std::size_t{1} << 24);
+    sampling.seed = args.number<std::uint64_t>("--seed", std::uint64_t(std::time(nullptr)), 0,
+                                               std::numeric_limits<std::uint64_t>::max());
+    std::size_t steps = args.number<std::size_t>("--steps", 256, 0, std::size_t{1} << 24);
+    const bool print_ids = args.has("--ids");
+
+    t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
+    const t2::io::tokenizer tok = find_tokenizer(args, ck, model_path);
+    if (tok.vocab_size() != ck.config.vocab_size)
+        throw t2::error("the tokenizer has " + std::to_string(tok.vocab_size()) +
+                        " tokens but the model " + std::to_string(ck.config.vocab_size));
+    const model_type model(ck.config, std::move(ck.weights));
+    if (steps == 0 || steps > model.config().seq_len)
+        steps = model.config().seq_len;
+
+    const std::vector<std::int32_t> prompt = tok.encode(args.get("--prompt").value_or(""), true);
+    if (prompt.size() > steps)
+        throw usage_error("the prompt is " + std::to_string(prompt.size()) + " tokens, more than --steps " +
+                          std::to_string(steps));
+    t2::exec::thread_pool pool(thread_count(args));
+    auto state = model.make_state();
+    t2::ops::sampler sample(sampling);
+    if (!print_ids) {
+        for (std::size_t i = 1; i < prompt.size(); ++i)
+            print_piece(tok.decode(prompt[i - 1], prompt[i]));
+        std::fflush(stdout);
+    }
+    t2::nn::generation_timing timing;
+    const auto sequence = t2::nn::generate(
+        executor(pool), model, state, prompt, steps, sample,
+        [&](std::int32_t previous, std::int32_t token) {
+            if (!print_ids) {
+                print_piece(tok.decode(previous, token));
+                std::fflush(stdout);
+            }
+        },
+        &timing);
+    if (print_ids)
+        for (std::size_t i = 0; i < sequence.size(); ++i)
+            std::printf("%s%d", i ? " " : "", sequence[i]);
+    std::printf("\n");
+    std::fflush(stdout);
+    // The first generated token comes from the prefill pass; decoding made the rest.
+    const std::size_t decoded = timing.generated_tokens ? timing.generated_tokens - 1 : 0;
+    std::fprintf(stderr, "prefill: %zu tokens, %.1f tok/s; decode: %zu tokens, %.1f tok/s (%zu threads)\n",
+                 timing.prompt_tokens, double(timing.prompt_tokens) / timing.prefill_seconds, decoded,
+                 decoded ? double(decoded) / timing.decode_seconds : 0.0, pool.size());
+    return 0;
+}
+
+std::vector<std::int32_t> parse_ids(const std::string& text) {
+    std::vector<std::int32_t> ids;
+    std::size_t at = 0;
+    while (at <= text.size()) {
+        const std::size_t comma = std::min(text.find(',', at), text.size());
+        const std::string item = text.substr(at, comma - at);
+        std::size_t used = 0;
+        long long value = -1;
+        try {
+            value = std::stoll(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used == 0 || used != item.size() || value < 0 || value > std::numeric_limits<std::int32_t>::max())
+            throw usage_error("--tokens wants comma-separated token ids, got '" + item + "'");
+        ids.push_back(static_cast<std::int32_t>(value));
+        at = comma + 1;
+    }
+    return ids;
+}
+
+int logits(int argc, char** argv) {
+    const arguments args(argc, argv, 2, {"--model", "--tokens", "--out", "--threads"}, {"--all"});
+    if (args.help) {
+        std::fputs(logits_usage, stdout);
+        return 0;
+    }
+    const std::string model_path = args.required("--model");
+    const std::vector<std::int32_t> tokens = parse_ids(args.required("--tokens"));
+    t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
+    const model_type model(ck.config, std::move(ck.weights));
+    t2::exec::thread_pool pool(thread_count(args));
+    auto state = model.make_state();
+    const bool all = args.has("--all");
+    const auto out = model.forward(executor(pool), state, tokens,
+                                   all ? t2::nn::logits_for::all : t2::nn::logits_for::last);
+    if (const auto path = args.get("--out")) {
+        std::vector<std::size_t> shape{out.extent(1)};
+        if (all)
+            shape.insert(shape.begin(), out.extent(0));
+        t2::io::write_npy(*path, out.span(), shape);
+        return 0;
+    }
+    for (std::size_t r = 0; r < out.extent(0); ++r) {
+        for (std::size_t c = 0; c < out.extent(1); ++c)
+            std::printf("%s%.9g", c ? " " : "", out(r, c));
+        std::printf("\n");
+    }
+    return 0;
+}
+
+int info(int argc, char** argv) {
+    const arguments args(argc, argv, 2, {"--model"}, {});
+    if (args.help) {
+        std::fputs(info_usage, stdout);
+        return 0;
+    }
+    const std::string model_path = args.required("--model");
+    const t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
+    const auto& c = ck.config;
+    std::printf("file          %s\nformat        %s\n", model_path.c_str(), ck.format.c_str());
+    std::printf("dim           %zu\nhidden_dim    %zu\nn_layers      %zu\nn_heads       %zu\n"
+                "n_kv_heads    %zu\nhead_dim      %zu\nvocab_size    %zu\nseq_len       %zu\n",
+                c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, t2::nn::head_dim(c),
+                c.vocab_size, c.seq_len);
+    std::printf("norm_eps      %g\nrope_theta    %g\nrope_layout   %s\nclassifier    %s\n", c.norm_eps,
+                c.rope_theta, c.rope_layout == t2::ops::rope_layout::interleaved ? "interleaved" : "halves",
+                c.shared_classifier ? "tied to the embedding" : "separate");
+    std::map<std::string, std::size_t> by_dtype;
+    std::size_t parameters = 0;
+    for (const auto& t : ck.tensors) {
+        std::size_t n = 1;
+        for (std::size_t d : t.shape)
+            n *= d;
+        parameters += n;
+        by_dtype[t.dtype] += n;
+    }
+    std::printf("tensors       %zu\nparameters    %zu\n", ck.tensors.size(), parameters);
+    for (const auto& [dtype, n] : by_dtype)
+        std::printf("  %-6s      %zu\n", dtype.c_str(), n);
+    std::printf("tokenizer     %s\n", ck.tokenizer ? "embedded" : "none (pass --tokenizer to generate)");
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    const std::string command = argc > 1 ? argv[1] : "";
+    try {
+        if (command == "generate") return generate(argc, argv);
+        if (command == "logits") return logits(argc, argv);
+        if (command == "info") return info(argc, argv);
+        if (command == "-h" || command == "--help" || command == "help") {
+            std::fputs(main_usage, stdout);
+            return 0;
+        }
+        if (command == "--version") {
+            std::printf("t2 %s\n", T2_VERSION_STRING);
+            return 0;
+        }
+        throw usage_error(command.empty() ? "no command given" : "unknown command '" + command + "'");
+    } catch (const usage_error& e) {
+        const bool known = command == "generate" || command == "logits" || command == "info";
+        std::fprintf(stderr, "t2%s%s: %s (see 't2 %s--help')\n", known ? " " : "",
+                     known ? command.c_str() : "", e.what(), known ? (command + " ").c_str() : "");
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "t2%s%s: %s\n", command.empty() ? "" : " ", command.c_str(), e.what());
+        return 1;
+    }
+}

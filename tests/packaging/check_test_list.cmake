@@ -1,0 +1,22 @@
+cmake_minimum_required(VERSION 3.25)
+# Fails unless tests/tests.txt (which Meson builds from) names exactly the tests/test_*.cpp
+# files (which CMake builds from).
+get_filename_component(_tests "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
+file(STRINGS "${_tests}/tests.txt" _listed REGEX "^[ \t]*[^# \t]")
+list(TRANSFORM _listed STRIP)
+file(GLOB _on_disk RELATIVE "${_tests}" "${_tests}/test_*.cpp")
+
+set(_problems "")
+foreach(_file IN LISTS _on_disk)
+  if(NOT _file IN_LIST _listed)
+    string(APPEND _problems "\n  tests/${_file} exists but is not listed in tests/tests.txt")
+  endif()
+endforeach()
+foreach(_file IN LISTS _listed)
+  if(NOT _file IN_LIST _on_disk)
+    string(APPEND _problems "\n  tests/tests.txt lists ${_file}, which is not a tests/test_*.cpp file")
+  endif()
+endforeach()
+if(_problems)
+  message(FATAL_ERROR "tests/tests.txt is out of date (Meson builds the tests it lists):${_problems}")
+endif()
