@@ -1,5 +1,6 @@
 // End-to-end prefill and decode speed of the Llama decoder at the tinyllamas sizes
-// (stories15M, stories42M, stories110M: vocab 32000, tied classifier) with random weights.
+// (stories15M, stories42M, stories110M: vocab 32000, tied classifier) with random weights,
+// stored as f32 and as bf16.
 //
 //   t2_bench_generate [--models stories15M,stories110M] [--threads 1,2] [--prefill N]
 //                     [--decode N] [--repeat R] [--write-llama2c DIR]
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "t2/io/llama2c.hpp"
+#include "t2/nn/convert.hpp"
 #include "t2/nn/random_init.hpp"
 #include "t2/t2.hpp"
 
@@ -71,12 +73,40 @@ double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
-std::size_t weight_bytes(const t2::nn::llama_config& c) {
+std::size_t weight_bytes(const t2::nn::llama_config& c, std::size_t element_size) {
     // What one decoded token reads: every block matrix and the classifier (the embedding
     // row itself is negligible).
     const std::size_t kv = t2::nn::kv_dim(c);
     const std::size_t per_layer = 2 * c.dim * c.dim + 2 * kv * c.dim + 3 * c.dim * c.hidden_dim;
-    return (per_layer * c.n_layers + c.vocab_size * c.dim) * sizeof(float);
+    return (per_layer * c.n_layers + c.vocab_size * c.dim) * element_size;
+}
+
+struct measurement {
+    double prefill, decode;
+};
+
+// Medians over `repeat` runs of a prefill of `prompt` followed by `decode` greedy steps.
+template <class Model>
+measurement measure(const Model& model, const std::vector<std::int32_t>& prompt, std::size_t decode,
+                    std::size_t repeat, std::size_t threads) {
+    t2::exec::thread_pool pool(threads);
+    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    std::vector<double> prefill_rate, decode_rate;
+    for (std::size_t r = 0; r < repeat; ++r) {
+        auto state = model.make_state();
+        using clock = std::chrono::steady_clock;
+        const auto t0 = clock::now();
+        auto logits = model.forward(ex, state, prompt);
+        const auto t1 = clock::now();
+        for (std::size_t s = 0; s < decode; ++s) {
+            const std::int32_t next = t2::ops::argmax(logits.span());
+            logits = model.forward(ex, state, std::span<const std::int32_t>(&next, 1));
+        }
+        const auto t2_end = clock::now();
+        prefill_rate.push_back(double(prompt.size()) / std::chrono::duration<double>(t1 - t0).count());
+        decode_rate.push_back(double(decode) / std::chrono::duration<double>(t2_end - t1).count());
+    }
+    return {median(prefill_rate), median(decode_rate)};
 }
 
 } // namespace
@@ -125,33 +155,22 @@ int main(int argc, char** argv) try {
             t2::io::write_llama2c(path, config, weights);
             std::fprintf(stderr, "wrote %s\n", path.c_str());
         }
-        const t2::nn::llama<t2::nn::llama_config> model(config, std::move(weights));
         std::vector<std::int32_t> prompt(prefill);
         for (std::size_t i = 0; i < prefill; ++i)
             prompt[i] = std::int32_t((i * 7919 + 1) % config.vocab_size);
-        for (std::size_t n : threads) {
-            t2::exec::thread_pool pool(n);
-            const t2::exec::threads<t2::exec::simd<>> ex(pool);
-            std::vector<double> prefill_rate, decode_rate;
-            for (std::size_t r = 0; r < repeat; ++r) {
-                auto state = model.make_state();
-                using clock = std::chrono::steady_clock;
-                const auto t0 = clock::now();
-                auto logits = model.forward(ex, state, prompt);
-                const auto t1 = clock::now();
-                for (std::size_t s = 0; s < decode; ++s) {
-                    const std::int32_t next = t2::ops::argmax(logits.span());
-                    logits = model.forward(ex, state, std::span<const std::int32_t>(&next, 1));
-                }
-                const auto t2_end = clock::now();
-                prefill_rate.push_back(double(prefill) / std::chrono::duration<double>(t1 - t0).count());
-                decode_rate.push_back(double(decode) / std::chrono::duration<double>(t2_end - t1).count());
-            }
-            const double mb = double(weight_bytes(config)) / 1e6;
-            const double dec = median(decode_rate);
-            std::printf("%-12s %7zu %8s %12.1f %12.1f %10.1f %12.1f\n", name.c_str(), n, "f32",
-                        median(prefill_rate), dec, mb, dec * mb / 1e3);
+        const auto report = [&](const char* storage, std::size_t threads_used, std::size_t element_size,
+                                measurement m) {
+            const double mb = double(weight_bytes(config, element_size)) / 1e6;
+            std::printf("%-12s %7zu %8s %12.1f %12.1f %10.1f %12.1f\n", name.c_str(), threads_used,
+                        storage, m.prefill, m.decode, mb, m.decode * mb / 1e3);
             std::fflush(stdout);
+        };
+        const t2::nn::llama<t2::nn::llama_config, t2::nn::dense<t2::bf16>> model_bf16(
+            config, t2::nn::convert_weights<t2::bf16>(weights));
+        const t2::nn::llama<t2::nn::llama_config> model(config, std::move(weights));
+        for (std::size_t n : threads) {
+            report("f32", n, sizeof(float), measure(model, prompt, decode, repeat, n));
+            report("bf16", n, sizeof(t2::bf16), measure(model_bf16, prompt, decode, repeat, n));
         }
     }
     return 0;

@@ -193,3 +193,48 @@ TEST_CASE("gemv rejects mismatched shapes") {
     CHECK_THROWS_AS(t2::ops::gemv(t2::exec::scalar{}, a, x, y), t2::error);
     CHECK_THROWS_AS(t2::ops::gemv(t2::exec::scalar{}, a, x, y, {.transpose = true}), t2::error);
 }
+
+// bf16 weights: B is stored in bf16 and widened on the fly; the reference widens the same
+// values, so every executor must agree with it to f32 rounding.
+template <class E>
+void check_bf16_weights(const E& ex) {
+    std::uint64_t seed = 900;
+    for (const shape& s : shapes)
+        for (bool tb : {false, true})
+            for (auto [alpha, beta] : {std::pair{1.f, 0.f}, {0.5f, 1.f}}) {
+                const gemm_options o{false, tb, alpha, beta};
+                problem p(s, o, seed += 3);
+                t2::matrix<t2::bf16> b16(p.b.extent(0), p.b.extent(1));
+                for (std::size_t i = 0; i < b16.size(); ++i)
+                    b16[i] = t2::from_f32<t2::bf16>(p.b[i]);
+                std::vector<float> want(s.m * s.n);
+                for (std::size_t i = 0; i < s.m; ++i)
+                    for (std::size_t j = 0; j < s.n; ++j) {
+                        double sum = 0;
+                        for (std::size_t k = 0; k < s.k; ++k)
+                            sum += double(p.a(i, k)) * double(t2::to_f32(tb ? b16(j, k) : b16(k, j)));
+                        want[i * s.n + j] = float(alpha * sum + beta * double(p.c(i, j)));
+                    }
+                matrix<float> got = p.c;
+                t2::ops::gemm(ex, p.a, b16, got, o);
+                CAPTURE(s.m);
+                CAPTURE(s.n);
+                CAPTURE(s.k);
+                CAPTURE(tb);
+                T2_CHECK_CLOSE(got.span(), std::span<const float>(want), 1e-5, atol_for(s.k));
+            }
+}
+
+TEST_CASE("gemm with bf16 B: scalar matches double precision") { check_bf16_weights(t2::exec::scalar{}); }
+
+#if T2_ENABLE_SIMD
+TEST_CASE_TEMPLATE_DEFINE("gemm with bf16 B: simd matches double precision", E, gemm_bf16_id) {
+    check_bf16_weights(E{});
+}
+TEST_CASE_TEMPLATE_APPLY(gemm_bf16_id, t2_test::simd_executors);
+
+TEST_CASE("gemm with bf16 B: threads<simd> matches double precision") {
+    t2::exec::thread_pool pool(3);
+    check_bf16_weights(t2::exec::threads<t2::exec::simd<>>(pool));
+}
+#endif

@@ -24,11 +24,12 @@ concept weight_policy = requires(const P& p) {
     { p.out_features() } -> std::convertible_to<std::size_t>;
 };
 
-// A dense [out × in] matrix. It views memory kept alive by `owner`: a tensor of its own, or
-// a memory-mapped checkpoint shared by every weight of the model (no copy at load).
+// A dense [out × in] matrix, stored as f32 or bf16 (half the bytes to stream per token;
+// widened to f32 as the kernels read it). It views memory kept alive by `owner`: a tensor
+// of its own, or a memory-mapped checkpoint shared by every weight of the model.
 template <class T = float>
 class dense {
-    static_assert(std::is_same_v<T, float>, "dense<T>: f32 weights for now");
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "dense<T>: f32 or bf16");
 
 public:
     dense() = default;

@@ -33,7 +33,8 @@ struct gemm_options {
 
 namespace detail {
 
-inline void scale_c(const gemm_args& g) {
+template <class TB>
+void scale_c(const gemm_args<TB>& g) {
     for (std::size_t i = 0; i < g.m; ++i)
         for (std::size_t j = 0; j < g.n; ++j) {
             float& c = g.c[i * g.ldc + j];
@@ -41,7 +42,8 @@ inline void scale_c(const gemm_args& g) {
         }
 }
 
-inline void gemm(const exec::scalar&, const gemm_args& g) {
+template <class TB>
+void gemm(const exec::scalar&, const gemm_args<TB>& g) {
     for (std::size_t i = 0; i < g.m; ++i)
         for (std::size_t j = 0; j < g.n; ++j) {
             float sum = 0.f;
@@ -57,8 +59,8 @@ inline void gemm(const exec::scalar&, const gemm_args& g) {
 // W would cost a full extra pass over it for too little reuse.
 inline constexpr std::size_t skinny_rows = 16;
 
-template <class Arch>
-void gemm(const exec::simd<Arch>&, const gemm_args& g) {
+template <class Arch, class TB>
+void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
     if (g.k == 0)
         return scale_c(g);
     if (g.m == 1 && !g.trans_b)
@@ -82,8 +84,8 @@ void gemm(const exec::simd<Arch>&, const gemm_args& g) {
 // Splits C into blocks, one task each; every block is an ordinary gemm of the inner
 // executor. Column blocks are preferred: each task then packs its own part of B and only
 // re-reads A, which is the smaller operand in the shapes transformers run.
-template <class Inner>
-void gemm(const exec::threads<Inner>& ex, const gemm_args& g) {
+template <class Inner, class TB>
+void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
     constexpr std::size_t block = 64; // a multiple of every micro-tile width
     const std::size_t work = g.m * g.n * std::max<std::size_t>(g.k, 1);
     if (ex.concurrency() == 1 || work < 64 * 64 * 64)
@@ -103,11 +105,9 @@ void gemm(const exec::threads<Inner>& ex, const gemm_args& g) {
     }
 }
 
-} // namespace detail
-
-template <exec::cpu_executor E>
-void gemm(const E& ex, matrix_view<const float> a, matrix_view<const float> b, matrix_view<float> c,
-          const gemm_options& options = {}) {
+template <exec::cpu_executor E, class TB>
+void gemm_impl(const E& ex, matrix_view<const float> a, matrix_view<const TB> b, matrix_view<float> c,
+               const gemm_options& options) {
     const std::size_t m = options.transpose_a ? a.extent(1) : a.extent(0);
     const std::size_t k = options.transpose_a ? a.extent(0) : a.extent(1);
     const std::size_t kb = options.transpose_b ? b.extent(1) : b.extent(0);
@@ -118,10 +118,24 @@ void gemm(const E& ex, matrix_view<const float> a, matrix_view<const float> b, m
              ", B ", b.shape(), (options.transpose_b ? "ᵀ" : ""), ")");
     if (m == 0 || n == 0)
         return;
-    const detail::gemm_args g{options.transpose_a, options.transpose_b, m, n, k,
-                              options.alpha, a.data(), a.extent(1), b.data(), b.extent(1),
-                              options.beta, c.data(), n};
-    detail::gemm(ex, g);
+    const gemm_args<TB> g{options.transpose_a, options.transpose_b, m, n, k,
+                          options.alpha, a.data(), a.extent(1), b.data(), b.extent(1),
+                          options.beta, c.data(), n};
+    gemm(ex, g);
+}
+
+} // namespace detail
+
+// B in f32, or in bf16 (weights kept in half the memory, widened as they are read).
+template <exec::cpu_executor E>
+void gemm(const E& ex, matrix_view<const float> a, matrix_view<const float> b, matrix_view<float> c,
+          const gemm_options& options = {}) {
+    detail::gemm_impl(ex, a, b, c, options);
+}
+template <exec::cpu_executor E>
+void gemm(const E& ex, matrix_view<const float> a, matrix_view<const bf16> b, matrix_view<float> c,
+          const gemm_options& options = {}) {
+    detail::gemm_impl(ex, a, b, c, options);
 }
 
 } // namespace ops

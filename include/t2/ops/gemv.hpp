@@ -29,7 +29,7 @@ void gemv(const E& ex, matrix_view<const float> a, vector_view<const float> x, v
     if (out == 0)
         return;
     // y as a row: y[1×out] = x[1×in] · (transpose ? A : Aᵀ).
-    const detail::gemm_args g{false, !options.transpose, 1, out, in, options.alpha, x.data(), in,
+    const detail::gemm_args<float> g{false, !options.transpose, 1, out, in, options.alpha, x.data(), in,
                               a.data(), cols, options.beta, y.data(), out};
     detail::gemm(ex, g);
 }

@@ -1,24 +1,26 @@
 #pragma once
 // The arguments of one gemm call in BLAS form: raw row-major pointers with leading
 // dimensions, so that a sub-block of C (and the matching parts of A and B) is just another
-// gemm_args. Shapes:
+// gemm_args. B may be stored as f32 or as a narrower storage type TB (bf16 weights), which
+// the kernels widen to f32 as they read it. Shapes:
 //   C[m×n] (ldc) = alpha · op(A)[m×k] · op(B)[k×n] + beta · C
 //   op(A)[i,k] = trans_a ? a[k·lda + i] : a[i·lda + k]
 //   op(B)[k,j] = trans_b ? b[j·ldb + k] : b[k·ldb + j]
 #include <cstddef>
 
-#include "t2/config.hpp"
+#include "t2/core/dtype.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace ops::detail {
 
+template <class TB = float>
 struct gemm_args {
     bool trans_a, trans_b;
     std::size_t m, n, k;
     float alpha;
     const float* a;
     std::size_t lda;
-    const float* b;
+    const TB* b;
     std::size_t ldb;
     float beta;
     float* c;
@@ -28,7 +30,7 @@ struct gemm_args {
         return trans_a ? a[kk * lda + i] : a[i * lda + kk];
     }
     float b_at(std::size_t kk, std::size_t j) const noexcept {
-        return trans_b ? b[j * ldb + kk] : b[kk * ldb + j];
+        return to_f32(trans_b ? b[j * ldb + kk] : b[kk * ldb + j]);
     }
 
     // The rows [i0, i0+rows) of C as a gemm of their own.

@@ -17,12 +17,40 @@
 #include <immintrin.h>
 #endif
 
+#include "t2/core/dtype.hpp"
 #include "t2/core/memory.hpp"
 #include "t2/exec/simd.hpp"
 #include "t2/ops/detail/gemm_args.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace ops::detail {
+
+// L consecutive elements as an f32 batch: f32 loads directly; bf16 is widened (its bits
+// are the top half of an f32), with one AVX-512/AVX2 instruction sequence where available.
+template <class Arch>
+T2_ALWAYS_INLINE xsimd::batch<float, Arch> load_f32(const float* p) {
+    return xsimd::batch<float, Arch>::load_unaligned(p);
+}
+template <class Arch>
+T2_ALWAYS_INLINE xsimd::batch<float, Arch> load_f32(const bf16* p) {
+    using batch = xsimd::batch<float, Arch>;
+#if defined(__AVX512F__)
+    if constexpr (batch::size == 16) {
+        const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        return batch(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (batch::size == 8) {
+        const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return batch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16)));
+    }
+#endif
+    alignas(tensor_alignment) float widened[batch::size];
+    for (std::size_t i = 0; i < batch::size; ++i)
+        widened[i] = to_f32(p[i]);
+    return batch::load_aligned(widened);
+}
 
 // Register tile and cache blocks per architecture, chosen by measurement (see
 // benchmarks/README.md). With 32 vector registers (AVX-512) a 10×2-vector tile leaves GCC
@@ -42,8 +70,8 @@ struct gemm_blocking {
 
 // Packs rows [i0, i0+m) × columns [k0, k0+kc) of op(A) into mr-row micro-panels, each
 // stored k-major (kc × mr), zero-padding the last panel.
-template <std::size_t MR>
-inline void pack_a(const gemm_args& g, std::size_t i0, std::size_t m, std::size_t k0,
+template <std::size_t MR, class TB>
+void pack_a(const gemm_args<TB>& g, std::size_t i0, std::size_t m, std::size_t k0,
                    std::size_t kc, float* T2_RESTRICT out) {
     for (std::size_t p = 0; p < m; p += MR) {
         const std::size_t rows = std::min(MR, m - p);
@@ -71,11 +99,12 @@ inline void pack_a(const gemm_args& g, std::size_t i0, std::size_t m, std::size_
 // With AVX the bulk goes through 8×8 register transposes (rows of src are read a line at a
 // time and out is written in full vectors); element-wise loops take the edges. This packing
 // is on the critical path of x·Wᵀ with W stored [N×K].
-template <std::size_t NR>
-inline void pack_transposed(const float* T2_RESTRICT src, std::size_t ld, std::size_t kc,
-                            std::size_t cols, float* T2_RESTRICT out) {
+template <std::size_t NR, class TB>
+void pack_transposed(const TB* T2_RESTRICT src, std::size_t ld, std::size_t kc, std::size_t cols,
+                     float* T2_RESTRICT out) {
     std::size_t j = 0;
 #if defined(__AVX__)
+    if constexpr (std::is_same_v<TB, float>)
     for (; j + 8 <= cols; j += 8) {
         std::size_t kk = 0;
         for (; kk + 8 <= kc; kk += 8) {
@@ -115,9 +144,14 @@ inline void pack_transposed(const float* T2_RESTRICT src, std::size_t ld, std::s
                 out[kk * NR + j + t] = src[(j + t) * ld + kk];
     }
 #endif
-    for (; j < cols; ++j)
-        for (std::size_t kk = 0; kk < kc; ++kk)
-            out[kk * NR + j] = src[j * ld + kk];
+    // Other storage types, and the edges: a cache line of each row at a time.
+    constexpr std::size_t line = 16;
+    for (std::size_t k1 = 0; k1 < kc; k1 += line) {
+        const std::size_t kn = std::min(line, kc - k1);
+        for (std::size_t jj = j; jj < cols; ++jj)
+            for (std::size_t kk = k1; kk < k1 + kn; ++kk)
+                out[kk * NR + jj] = to_f32(src[jj * ld + kk]);
+    }
     for (std::size_t kk = 0; kk < kc; ++kk)
         for (std::size_t jj = cols; jj < NR; ++jj)
             out[kk * NR + jj] = 0.f;
@@ -125,17 +159,17 @@ inline void pack_transposed(const float* T2_RESTRICT src, std::size_t ld, std::s
 
 // Packs rows [k0, k0+kc) × columns [j0, j0+n) of op(B) into nr-column micro-panels, each
 // stored k-major (kc × nr), zero-padding the last panel.
-template <std::size_t NR>
-inline void pack_b(const gemm_args& g, std::size_t k0, std::size_t kc, std::size_t j0,
+template <std::size_t NR, class TB>
+void pack_b(const gemm_args<TB>& g, std::size_t k0, std::size_t kc, std::size_t j0,
                    std::size_t n, float* T2_RESTRICT out) {
     for (std::size_t p = 0; p < n; p += NR) {
         const std::size_t cols = std::min(NR, n - p);
         if (!g.trans_b) {
             for (std::size_t kk = 0; kk < kc; ++kk) {
-                const float* src = g.b + (k0 + kk) * g.ldb + j0 + p;
+                const TB* src = g.b + (k0 + kk) * g.ldb + j0 + p;
                 float* dst = out + kk * NR;
                 for (std::size_t j = 0; j < cols; ++j)
-                    dst[j] = src[j];
+                    dst[j] = to_f32(src[j]);
                 for (std::size_t j = cols; j < NR; ++j)
                     dst[j] = 0.f;
             }
@@ -203,8 +237,8 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
 }
 
 // Blocked, packed gemm on one thread; the packing buffers are sized to the problem.
-template <class Arch>
-inline void gemm_packed(const gemm_args& g) {
+template <class Arch, class TB>
+void gemm_packed(const gemm_args<TB>& g) {
     using blk = gemm_blocking<Arch>;
     const auto round_up = [](std::size_t x, std::size_t to) { return (x + to - 1) / to * to; };
     // Packed B follows packed A and must start on an aligned boundary too.
@@ -243,8 +277,8 @@ inline void gemm_packed(const gemm_args& g) {
 // tokens, and gemv. W is read row after row, one sequential stream: measured here, one
 // stream reaches the core's full read bandwidth while several interleaved row streams lose
 // a third of it. The few rows of A stay in cache and are reused for every row of W.
-template <class Arch, std::size_t RM>
-T2_ALWAYS_INLINE void dot_rows(std::size_t k, const float* a, std::size_t lda, const float* w,
+template <class Arch, std::size_t RM, class TB>
+T2_ALWAYS_INLINE void dot_rows(std::size_t k, const float* a, std::size_t lda, const TB* w,
                                float* c, std::size_t ldc, float alpha, float beta) {
     using batch = xsimd::batch<float, Arch>;
     constexpr std::size_t L = batch::size;
@@ -255,7 +289,7 @@ T2_ALWAYS_INLINE void dot_rows(std::size_t k, const float* a, std::size_t lda, c
         acc0[i] = acc1[i] = batch(0.f);
     std::size_t kk = 0;
     for (; kk + 2 * L <= k; kk += 2 * L) {
-        const batch w0 = batch::load_unaligned(w + kk), w1 = batch::load_unaligned(w + kk + L);
+        const batch w0 = load_f32<Arch>(w + kk), w1 = load_f32<Arch>(w + kk + L);
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < RM; ++i) {
             acc0[i] = xsimd::fma(batch::load_unaligned(a + i * lda + kk), w0, acc0[i]);
@@ -263,7 +297,7 @@ T2_ALWAYS_INLINE void dot_rows(std::size_t k, const float* a, std::size_t lda, c
         }
     }
     if (kk + L <= k) {
-        const batch w0 = batch::load_unaligned(w + kk);
+        const batch w0 = load_f32<Arch>(w + kk);
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < RM; ++i)
             acc0[i] = xsimd::fma(batch::load_unaligned(a + i * lda + kk), w0, acc0[i]);
@@ -272,18 +306,17 @@ T2_ALWAYS_INLINE void dot_rows(std::size_t k, const float* a, std::size_t lda, c
     for (std::size_t i = 0; i < RM; ++i) {
         float sum = t2::detail::reduce_add(acc0[i] + acc1[i]);
         for (std::size_t t = kk; t < k; ++t)
-            sum += a[i * lda + t] * w[t];
+            sum += a[i * lda + t] * to_f32(w[t]);
         float& dst = c[i * ldc];
         dst = beta != 0.f ? beta * dst + alpha * sum : alpha * sum;
     }
 }
 
-template <class Arch>
-inline void gemm_dot(std::size_t m, std::size_t n, std::size_t k, float alpha, const float* a,
-                     std::size_t lda, const float* w, std::size_t ldw, float beta, float* c,
-                     std::size_t ldc) {
+template <class Arch, class TB>
+void gemm_dot(std::size_t m, std::size_t n, std::size_t k, float alpha, const float* a,
+              std::size_t lda, const TB* w, std::size_t ldw, float beta, float* c, std::size_t ldc) {
     for (std::size_t j = 0; j < n; ++j) {
-        const float* row = w + j * ldw;
+        const TB* row = w + j * ldw;
         std::size_t i = 0;
         for (; i + 4 <= m; i += 4)
             dot_rows<Arch, 4>(k, a + i * lda, lda, row, c + i * ldc + j, ldc, alpha, beta);
@@ -295,8 +328,8 @@ inline void gemm_dot(std::size_t m, std::size_t n, std::size_t k, float alpha, c
 // c[1×n] = alpha · a[1×k] · B[k×n] + beta · c with B rows contiguous (a transposed gemv):
 // c accumulates row by row of B, in column blocks small enough to stay in L1 while B
 // streams through once.
-template <class Arch>
-inline void gemv_rows(const gemm_args& g) {
+template <class Arch, class TB>
+void gemv_rows(const gemm_args<TB>& g) {
     using batch = xsimd::batch<float, Arch>;
     constexpr std::size_t L = batch::size;
     constexpr std::size_t block = 1024;
@@ -305,15 +338,15 @@ inline void gemv_rows(const gemm_args& g) {
         alignas(tensor_alignment) float acc[block];
         std::fill_n(acc, nb, 0.f);
         for (std::size_t kk = 0; kk < g.k; ++kk) {
-            const float* row = g.b + kk * g.ldb + j0;
+            const TB* row = g.b + kk * g.ldb + j0;
             const float ak = g.a_at(0, kk);
             const batch av(ak);
             std::size_t j = 0;
             for (; j + L <= nb; j += L)
-                xsimd::fma(av, batch::load_unaligned(row + j), batch::load_aligned(acc + j))
+                xsimd::fma(av, load_f32<Arch>(row + j), batch::load_aligned(acc + j))
                     .store_aligned(acc + j);
             for (; j < nb; ++j)
-                acc[j] += ak * row[j];
+                acc[j] += ak * to_f32(row[j]);
         }
         for (std::size_t j = 0; j < nb; ++j) {
             float& dst = g.c[j0 + j];
