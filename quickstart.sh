@@ -4,7 +4,8 @@
 #
 #   ./quickstart.sh demo [ARGS...]  build the demo (release preset) and run it with ARGS
 #   ./quickstart.sh test            run the whole test suite: the dev workflow, the asan
-#                                   workflow (ASan+UBSan) and the Meson build and tests
+#                                   workflow (ASan+UBSan), the Meson build and tests, and
+#                                   each reader's fuzz target for a short while
 #   ./quickstart.sh packages        print the Debian packages t2 needs
 #   ./quickstart.sh --help          print this text
 #
@@ -78,7 +79,8 @@ meson_tests() {
 
 run_tests() {
     ensure_packages
-    local phases=("cmake --workflow --preset dev" "cmake --workflow --preset asan" "meson_tests")
+    local phases=("cmake --workflow --preset dev" "cmake --workflow --preset asan" "meson_tests"
+                  "cmake --workflow --preset fuzz")
     local results=() failed=0 phase start
     for phase in "${phases[@]}"; do
         say "test: $phase"

@@ -195,7 +195,7 @@ int generate(int argc, char** argv) {
         throw usage_error("the prompt is " + std::to_string(prompt.size()) + " tokens, more than --steps " +
                           std::to_string(steps));
     t2::exec::thread_pool pool(thread_count(args));
-    auto state = model.make_state();
+    auto state = model.make_state(steps);
     t2::ops::sampler sample(sampling);
     if (!print_ids) {
         for (std::size_t i = 1; i < prompt.size(); ++i)
@@ -256,8 +256,11 @@ int logits(int argc, char** argv) {
     const std::vector<std::int32_t> tokens = parse_ids(args.required("--tokens"));
     t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
     const model_type model(ck.config, std::move(ck.weights));
+    if (tokens.size() > ck.config.seq_len)
+        throw usage_error(std::to_string(tokens.size()) + " tokens exceed the model's context of " +
+                          std::to_string(ck.config.seq_len));
     t2::exec::thread_pool pool(thread_count(args));
-    auto state = model.make_state();
+    auto state = model.make_state(tokens.size());
     const bool all = args.has("--all");
     const auto out = model.forward(executor(pool), state, tokens,
                                    all ? t2::nn::logits_for::all : t2::nn::logits_for::last);

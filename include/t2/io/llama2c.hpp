@@ -43,7 +43,7 @@ inline std::size_t checked_mul(std::size_t a, std::size_t b, const std::string& 
 // dequantized copies (version 2), either way kept alive by the storage.
 // Keeps a model's memory alive: the mapping and any dequantized copies.
 struct llama2c_storage {
-    std::shared_ptr<const mapped_file> file;
+    std::shared_ptr<const void> source; // what the bytes belong to (a mapped file)
     std::vector<std::shared_ptr<const t2::matrix<float>>> copies;
 };
 
@@ -108,19 +108,20 @@ inline nn::llama_config read_llama2c_dims(byte_reader& r, bool& shared) {
 
 } // namespace detail
 
-// Reads versions 0, 1 and 2; tensors are recorded in file order with llama2.c's names
-// (one record per layer).
-inline checkpoint read_llama2c(const std::string& path) {
-    auto file = std::make_shared<const mapped_file>(path);
+// Parses versions 0, 1 and 2 from bytes that `source` keeps alive; `name` is used in
+// messages. Tensors are recorded in file order with llama2.c's names (one record per layer).
+inline checkpoint parse_llama2c(std::span<const std::byte> bytes, const std::string& name,
+                                std::shared_ptr<const void> source) {
+    const std::string& path = name;
     auto storage = std::make_shared<detail::llama2c_storage>();
-    storage->file = file;
+    storage->source = std::move(source);
     checkpoint out;
     out.weights.owner = storage;
-    detail::llama2c_source src{byte_reader(file->bytes(), path), *storage, out.tensors, 0};
+    detail::llama2c_source src{byte_reader(bytes, path), *storage, out.tensors, 0};
     int version = 0;
     auto& r = src.reader;
     bool shared = true;
-    if (file->size() >= 8 && r.read<std::uint32_t>("magic") == detail::llama2c_magic) {
+    if (bytes.size() >= 8 && r.read<std::uint32_t>("magic") == detail::llama2c_magic) {
         version = r.read<std::int32_t>("version");
         if (version != 1 && version != 2)
             t2::detail::throw_error(path, ": llama2.c checkpoint version ", version,

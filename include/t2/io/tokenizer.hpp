@@ -6,7 +6,9 @@
 // length, length bytes}. The file does not store vocab_size: it comes from the model.
 //
 // encode(): optional BOS (id 1); a dummy-prefix " " token for non-empty text; one token per
-// UTF-8 code point found in the vocabulary, else its bytes as <0xXX> tokens (id byte + 3);
+// UTF-8 code point found in the vocabulary, else its bytes as <0xXX> tokens (run.c takes
+// id byte + 3, where SentencePiece puts them; this looks the pieces up, which is the same
+// for such vocabularies and stays inside a vocabulary without them: <unk>, id 0);
 // then repeatedly merge the adjacent pair whose concatenation is the vocabulary entry with
 // the highest score. decode(): strips the leading space of the piece after BOS and turns
 // <0xXX> pieces into their byte.
@@ -25,7 +27,7 @@ namespace io {
 
 class tokenizer {
 public:
-    static constexpr std::int32_t bos_id = 1, eos_id = 2;
+    static constexpr std::int32_t unk_id = 0, bos_id = 1, eos_id = 2;
 
     tokenizer() = default;
     tokenizer(std::vector<std::string> pieces, std::vector<float> scores)
@@ -37,6 +39,12 @@ public:
         // The first id wins for duplicated pieces, as run.c's sorted lookup tends to.
         for (std::size_t i = 0; i < pieces_.size(); ++i)
             index_.emplace(pieces_[i], static_cast<std::int32_t>(i));
+        constexpr char hex[] = "0123456789ABCDEF";
+        for (unsigned b = 0; b < 256; ++b) {
+            const char piece[] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+            const std::int32_t id = find(std::string_view(piece, sizeof piece));
+            byte_ids_[b] = id >= 0 ? id : unk_id;
+        }
     }
 
     std::size_t vocab_size() const noexcept { return pieces_.size(); }
@@ -68,7 +76,7 @@ public:
                 tokens.push_back(id);
             } else {
                 for (std::size_t b = 0; b < n; ++b)
-                    tokens.push_back(static_cast<std::int32_t>(static_cast<unsigned char>(text[i + b])) + 3);
+                    tokens.push_back(byte_ids_[static_cast<unsigned char>(text[i + b])]);
             }
             i += n;
         }
@@ -148,12 +156,14 @@ private:
     std::vector<std::string> pieces_;
     std::vector<float> scores_;
     std::unordered_map<std::string, std::int32_t> index_;
+    std::int32_t byte_ids_[256] = {}; // the <0xXX> piece of each byte, or unk_id
 };
 
-// Reads a llama2.c tokenizer.bin for a model with `vocab_size` tokens.
-inline tokenizer read_llama2c_tokenizer(const std::string& path, std::size_t vocab_size) {
-    const mapped_file file(path);
-    byte_reader r(file.bytes(), path);
+// Parses a llama2.c tokenizer.bin for a model with `vocab_size` tokens; `path` names it in
+// messages.
+inline tokenizer parse_llama2c_tokenizer(std::span<const std::byte> bytes, const std::string& path,
+                                         std::size_t vocab_size) {
+    byte_reader r(bytes, path);
     const auto max_length = r.read<std::int32_t>("max_token_length");
     if (max_length <= 0 || max_length > (1 << 16))
         t2::detail::throw_error(path, ": max_token_length ", max_length,
@@ -170,6 +180,11 @@ inline tokenizer read_llama2c_tokenizer(const std::string& path, std::size_t voc
         pieces[i].assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     }
     return tokenizer(std::move(pieces), std::move(scores));
+}
+
+inline tokenizer read_llama2c_tokenizer(const std::string& path, std::size_t vocab_size) {
+    const mapped_file file(path);
+    return parse_llama2c_tokenizer(file.bytes(), path, vocab_size);
 }
 
 } // namespace io

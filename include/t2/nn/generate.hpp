@@ -31,8 +31,9 @@ std::vector<std::int32_t> generate(const E& ex, const Model& model, llama_state&
     T2_CHECK(!prompt.empty(), "generate: the prompt needs at least one token (BOS)");
     T2_CHECK(prompt.size() <= steps, "generate: the prompt is ", prompt.size(),
              " tokens, more than the ", steps, " steps allowed");
-    T2_CHECK(state.position + steps <= model.config().seq_len, "generate: ", steps,
-             " steps from position ", state.position, " exceed the context of ", model.config().seq_len);
+    T2_CHECK(state.position + steps <= state.cache.capacity(), "generate: ", steps,
+             " steps from position ", state.position, " exceed the state's context of ",
+             state.cache.capacity());
     using clock = std::chrono::steady_clock;
     std::vector<std::int32_t> sequence(prompt.begin(), prompt.end());
     const std::size_t end = state.position + steps;

@@ -4,7 +4,9 @@
 // them as ordinary row-major matrices.
 //
 //   keys, values: [n_layers × n_kv_heads × seq_len × head_dim]
+#include <array>
 #include <cstddef>
+#include <new>
 
 #include "t2/core/tensor.hpp"
 #include "t2/nn/config.hpp"
@@ -15,12 +17,24 @@ namespace nn {
 class kv_cache {
 public:
     kv_cache() = default;
+    // Room for `capacity` positions (at most the model's seq_len).
     template <model_config C>
-    explicit kv_cache(const C& c)
-        : keys_(c.n_layers, c.n_kv_heads, c.seq_len, head_dim(c)),
-          values_(c.n_layers, c.n_kv_heads, c.seq_len, head_dim(c)) {}
+    kv_cache(const C& c, std::size_t capacity) {
+        T2_CHECK(capacity > 0 && capacity <= c.seq_len, "kv_cache: capacity ", capacity,
+                 " must be between 1 and the model's context of ", c.seq_len);
+        const std::array<std::size_t, 4> shape{c.n_layers, c.n_kv_heads, capacity, head_dim(c)};
+        const std::size_t bytes = 2 * detail::checked_product(shape) * sizeof(float);
+        try {
+            keys_ = tensor<float, dims<4>>(dims<4>(shape));
+            values_ = tensor<float, dims<4>>(dims<4>(shape));
+        } catch (const std::bad_alloc&) {
+            detail::throw_error("kv_cache: cannot allocate ", bytes, " bytes for ", capacity,
+                                " positions; ask for a shorter context");
+        }
+    }
 
     std::size_t capacity() const noexcept { return keys_.extent(2); }
+    std::size_t layers() const noexcept { return keys_.extent(0); }
 
     // Rows [0, length) of one head's keys or values: [length × head_dim].
     matrix_view<float> keys(std::size_t layer, std::size_t head, std::size_t length) {

@@ -50,8 +50,9 @@ struct llama_weights {
 // Mutable per-sequence state.
 class llama_state {
 public:
+    // A cache for `context` positions; 0 means the model's whole context (seq_len).
     template <model_config C>
-    explicit llama_state(const C& c) : cache(c) {}
+    explicit llama_state(const C& c, std::size_t context = 0) : cache(c, context ? context : c.seq_len) {}
 
     kv_cache cache;
     std::size_t position = 0; // tokens already in the cache
@@ -72,7 +73,8 @@ public:
     const Config& config() const noexcept { return config_; }
     const llama_weights<Weight>& weights() const noexcept { return weights_; }
     llama_weights<Weight>& weights() noexcept { return weights_; }
-    llama_state make_state() const { return llama_state(config_); }
+    // A fresh sequence; `context` bounds its length (and the KV cache), 0 = seq_len.
+    llama_state make_state(std::size_t context = 0) const { return llama_state(config_, context); }
 
     // Runs tokens[T] at positions state.position … +T-1, appends them to the cache and
     // returns the logits of the last position or of all of them.
@@ -81,10 +83,11 @@ public:
                           logits_for which = logits_for::last) const {
         const std::size_t T = tokens.size(), D = config_.dim;
         T2_CHECK(T > 0, "forward: no tokens");
-        T2_CHECK(state.position + T <= config_.seq_len, "forward: positions ", state.position,
-                 "..", state.position + T - 1, " exceed the model's context of ", config_.seq_len,
+        T2_CHECK(state.position + T <= state.cache.capacity(), "forward: positions ", state.position,
+                 "..", state.position + T - 1, " exceed the state's context of ", state.cache.capacity(),
                  " tokens");
-        T2_CHECK(state.cache.capacity() == config_.seq_len, "forward: state of another model");
+        T2_CHECK(state.cache.capacity() <= config_.seq_len && state.cache.layers() == config_.n_layers,
+                 "forward: the state belongs to another model");
         matrix<float> x(T, D);
         for (std::size_t t = 0; t < T; ++t) {
             const std::int32_t token = tokens[t];
