@@ -182,6 +182,12 @@ inline checkpoint parse_llama2c(std::span<const std::byte> bytes, const std::str
 }
 
 
+// Reads a llama2.c checkpoint file, memory-mapped: f32 tensors are views of the mapping.
+inline checkpoint read_llama2c(const std::string& path) {
+    auto file = std::make_shared<const mapped_file>(path);
+    return parse_llama2c(file->bytes(), path, file);
+}
+
 // Writes f32 weights as a legacy (version 0) llama2.c checkpoint, the format run.c reads,
 // including its RoPE tables; atomically. The config must use interleaved RoPE with theta
 // 10000, which is all that format can express.
