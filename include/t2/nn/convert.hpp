@@ -1,7 +1,8 @@
 #pragma once
 // Converting a model's matrices to another storage type, e.g. f32 → bf16 to halve the bytes
-// each decoded token streams. Norm weights and the token embedding (read one row per
-// token) stay f32; every linear layer, the classifier included, is converted with
+// each decoded token streams, or f32 → f32 to copy weights out of a memory-mapped file into
+// huge-page memory. Norm weights and the token embedding (read one row per token) stay
+// where they are; every linear layer, the classifier included, is converted with
 // round-to-nearest-even.
 #include <memory>
 #include <vector>
