@@ -18,3 +18,17 @@
 #include "t2/exec/threads.hpp"
 
 #include "t2/ops/ops.hpp"
+
+#include "t2/nn/config.hpp"
+#include "t2/nn/convert.hpp"
+#include "t2/nn/generate.hpp"
+#include "t2/nn/kv_cache.hpp"
+#include "t2/nn/linear.hpp"
+#include "t2/nn/llama.hpp"
+#include "t2/nn/random_init.hpp"
+
+#include "t2/io/atomic_file.hpp"
+#include "t2/io/checkpoint.hpp"
+#include "t2/io/load.hpp"
+#include "t2/io/npy.hpp"
+#include "t2/io/tokenizer.hpp"
