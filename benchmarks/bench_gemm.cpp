@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "support.hpp"
 #include "t2/t2.hpp"
 
 #if T2_HAVE_OPENBLAS
@@ -20,21 +21,8 @@ extern "C" void openblas_set_num_threads(int);
 
 namespace {
 
-t2::matrix<float> random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
-    t2::matrix<float> m(rows, cols);
-    const t2::philox rng(seed);
-    for (std::size_t i = 0; i < m.size(); ++i)
-        m[i] = rng.uniform(i, -1.f, 1.f);
-    return m;
-}
-
-// One pool per thread count, made once: creating threads is not what is measured.
-t2::exec::thread_pool& pool(int threads) {
-    static std::vector<std::unique_ptr<t2::exec::thread_pool>> pools(3);
-    if (!pools[threads])
-        pools[threads] = std::make_unique<t2::exec::thread_pool>(threads);
-    return *pools[threads];
-}
+using t2_bench::pool;
+using t2_bench::random_matrix;
 
 enum class impl { t2, openblas, scalar };
 

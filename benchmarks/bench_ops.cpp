@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "support.hpp"
 #include "t2/t2.hpp"
 
 namespace {
@@ -32,20 +33,10 @@ t2::vector<float> random_vector(std::size_t n, std::uint64_t seed, float lo = -1
     return v;
 }
 
-t2::matrix<float> random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
-    t2::matrix<float> m(rows, cols);
-    const t2::philox rng(seed);
-    for (std::size_t i = 0; i < m.size(); ++i)
-        m[i] = rng.uniform(i, -4.f, 4.f);
-    return m;
-}
+using t2_bench::pool;
 
-// One pool per thread count, made once: creating threads is not what is measured.
-t2::exec::thread_pool& pool(int threads) {
-    static std::vector<std::unique_ptr<t2::exec::thread_pool>> pools(3);
-    if (!pools[threads])
-        pools[threads] = std::make_unique<t2::exec::thread_pool>(threads);
-    return *pools[threads];
+t2::matrix<float> random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
+    return t2_bench::random_matrix(rows, cols, seed, -4.f, 4.f);
 }
 
 // Runs body once per iteration and reports bytes (each element read or written once) and

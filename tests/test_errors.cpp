@@ -1,6 +1,8 @@
 // t2::error, T2_CHECK / T2_ASSERT, version macros and the versioned ABI namespace.
 #include <doctest/doctest.h>
 
+#include "support/check.hpp"
+
 #include <stdexcept>
 #include <sstream>
 #include <string>
@@ -16,18 +18,8 @@ namespace {
 #define T2_TEST_STR_(x) #x
 #define T2_TEST_STR(x) T2_TEST_STR_(x)
 
-template <class F>
-std::string message_of(F&& f) {
-    try {
-        f();
-    } catch (const t2::error& e) {
-        return e.what();
-    }
-    FAIL_CHECK("expected a t2::error");
-    return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using t2_test::contains;
+using t2_test::error_message;
 
 } // namespace
 
@@ -50,12 +42,12 @@ TEST_CASE("T2_CHECK formats its message parts and throws in every build") {
     CHECK_NOTHROW(T2_CHECK(1 + 1 == 2, "never"));
     CHECK_THROWS_AS(T2_CHECK(1 + 1 == 3, "arithmetic"), t2::error);
     const std::size_t rows = 3;
-    CHECK(message_of([&] { T2_CHECK(rows == 4, "rows is ", rows, ", want ", 4, " (", 2.5, ")"); }) ==
+    CHECK(error_message([&] { T2_CHECK(rows == 4, "rows is ", rows, ", want ", 4, " (", 2.5, ")"); }) ==
           "rows is 3, want 4 (2.5)");
-    CHECK(message_of([] { T2_CHECK(false, std::string("a string"), ' ', 'c'); }) == "a string c");
+    CHECK(error_message([] { T2_CHECK(false, std::string("a string"), ' ', 'c'); }) == "a string c");
     // Without a message the condition is reported.
     const int n = -1;
-    CHECK(message_of([&] { T2_CHECK(n >= 0); }) == "check failed: n >= 0");
+    CHECK(error_message([&] { T2_CHECK(n >= 0); }) == "check failed: n >= 0");
     // The condition is evaluated once; the message only when the check fails.
     int evaluated = 0, formatted = 0;
     auto cond = [&] { return ++evaluated > 0; };
@@ -63,7 +55,7 @@ TEST_CASE("T2_CHECK formats its message parts and throws in every build") {
     T2_CHECK(cond(), "part ", part());
     CHECK(evaluated == 1);
     CHECK(formatted == 0);
-    (void)message_of([&] { T2_CHECK(!cond(), "part ", part()); });
+    (void)error_message([&] { T2_CHECK(!cond(), "part ", part()); });
     CHECK(evaluated == 2);
     CHECK(formatted == 1);
     // Usable as a single statement in an unbraced if/else.
@@ -76,11 +68,11 @@ TEST_CASE("T2_CHECK formats its message parts and throws in every build") {
 TEST_CASE("T2_ASSERT: internal checks in debug builds") {
 #if T2_DEBUG_CHECKS
     const int i = 5, size = 3;
-    const std::string msg = message_of([&] { T2_ASSERT(i < size, "index ", i, " of ", size); });
+    const std::string msg = error_message([&] { T2_ASSERT(i < size, "index ", i, " of ", size); });
     CHECK(contains(msg, "test_errors.cpp:"));
     CHECK(contains(msg, "internal check failed: i < size"));
     CHECK(contains(msg, "(index 5 of 3)"));
-    CHECK(contains(message_of([&] { T2_ASSERT(i < size); }), "internal check failed: i < size"));
+    CHECK(contains(error_message([&] { T2_ASSERT(i < size); }), "internal check failed: i < size"));
     CHECK_NOTHROW(T2_ASSERT(size < i));
 #else
     int evaluated = 0;

@@ -33,22 +33,12 @@ namespace io = t2::io;
 namespace json = t2::io::json;
 using st = io::safetensors_dtype;
 
-template <class F>
-std::string message_of(F&& f) {
-    try {
-        f();
-    } catch (const t2::error& e) {
-        return e.what();
-    }
-    FAIL_CHECK("expected a t2::error");
-    return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using t2_test::contains;
+using t2_test::error_message;
 
 #define CHECK_ERROR_MENTIONS(EXPR, ...)                                                    \
     do {                                                                                   \
-        const std::string t2_msg = message_of([&] { (void)(EXPR); });                      \
+        const std::string t2_msg = error_message([&] { (void)(EXPR); });                      \
         INFO("message: " << t2_msg);                                                       \
         for (const std::string& t2_part : std::initializer_list<std::string>{__VA_ARGS__}) \
             CHECK(contains(t2_msg, t2_part));                                              \

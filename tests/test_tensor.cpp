@@ -1,6 +1,8 @@
 // Shapes (extents), owning tensors, views, slicing and reshape.
 #include <doctest/doctest.h>
 
+#include "support/check.hpp"
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -35,17 +37,7 @@ std::string to_string(const E& e) {
     return out.str();
 }
 
-// Returns the message of the t2::error that f throws, or "" (and fails) if it throws none.
-template <class F>
-std::string error_message(F&& f) {
-    try {
-        f();
-    } catch (const t2::error& e) {
-        return e.what();
-    }
-    FAIL_CHECK("expected a t2::error");
-    return "";
-}
+using t2_test::error_message;
 
 constexpr std::size_t huge = std::size_t{1} << 40;
 

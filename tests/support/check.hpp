@@ -75,6 +75,20 @@ inline comparison compare(std::span<const float> got, std::span<const float> wan
         CHECK(t2_cmp.ok);                                                                  \
     } while (0)
 
+// The message of the t2::error that f throws, or "" (and a failed check) if it throws none.
+template <class F>
+std::string error_message(F&& f) {
+    try {
+        f();
+    } catch (const t2::error& e) {
+        return e.what();
+    }
+    FAIL_CHECK("expected a t2::error");
+    return "";
+}
+
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
 // Sizes every kernel is tested on: 1, primes, and sizes around SIMD widths (4, 8, 16).
 inline constexpr std::size_t odd_sizes[] = {1, 2, 3, 5, 7, 8, 13, 15, 16, 17, 31, 33, 64, 67, 127, 257};
 
