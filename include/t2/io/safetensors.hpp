@@ -35,6 +35,7 @@
 #include "t2/core/dtype.hpp"
 #include "t2/core/tensor.hpp"
 #include "t2/io/atomic_file.hpp"
+#include "t2/io/detail/shape_string.hpp"
 #include "t2/io/json.hpp"
 #include "t2/io/mapped_file.hpp"
 
@@ -128,14 +129,6 @@ inline std::size_t mul_or_throw(std::size_t a, std::size_t b, const std::string&
     if (b != 0 && a > std::numeric_limits<std::size_t>::max() / b)
         t2::detail::throw_error(where, ": size overflows");
     return a * b;
-}
-
-// Shape in a message: [2, 3].
-inline std::string shape_string(std::span<const std::size_t> shape) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < shape.size(); ++i)
-        out += (i ? ", " : "") + std::to_string(shape[i]);
-    return out + "]";
 }
 
 } // namespace detail
