@@ -162,7 +162,8 @@ TEST_CASE("llama2.c reader rejects truncated and malformed files") {
     write(bytes + "extra");
     CHECK_THROWS_AS(t2::io::read_llama2c(tmp), t2::error);
     // Header fields: zero, negative, absurd, inconsistent (n_kv_heads not dividing n_heads).
-    for (auto [field, value] : {std::pair{0, 0}, {1, -5}, {3, 7}, {4, 3}, {2, 1 << 30}, {6, 0}}) {
+    for (const auto& edit : {std::pair{0, 0}, {1, -5}, {3, 7}, {4, 3}, {2, 1 << 30}, {6, 0}}) {
+        const int field = edit.first, value = edit.second;
         std::string copy = bytes;
         std::memcpy(copy.data() + 4 * field, &value, 4);
         write(copy);

@@ -25,11 +25,8 @@ inline checkpoint_format detect_format(const std::string& path) {
     if (fs::is_directory(path, ec))
         return checkpoint_format::huggingface;
     const std::string name = fs::path(path).filename().string();
-    const auto ends_with = [&](const char* suffix) {
-        const std::size_t n = std::strlen(suffix);
-        return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
-    };
-    if (name == "config.json" || ends_with(".safetensors") || ends_with(".safetensors.index.json"))
+    if (name == "config.json" || detail::ends_with(name, ".safetensors") ||
+        detail::ends_with(name, ".safetensors.index.json"))
         return checkpoint_format::huggingface;
     std::ifstream in(path, std::ios::binary);
     if (!in)

@@ -24,11 +24,11 @@ public:
     explicit mapped_file(std::string path) : path_(std::move(path)) {
         const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0)
-            detail::throw_error(path_, ": cannot open: ", std::strerror(errno));
+            t2::detail::throw_error(path_, ": cannot open: ", std::strerror(errno));
         struct stat st {};
         if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
             ::close(fd);
-            detail::throw_error(path_, ": not a regular file");
+            t2::detail::throw_error(path_, ": not a regular file");
         }
         size_ = static_cast<std::size_t>(st.st_size);
         if (size_ > 0) {
@@ -36,7 +36,7 @@ public:
             if (p == MAP_FAILED) {
                 const int err = errno;
                 ::close(fd);
-                detail::throw_error(path_, ": cannot map: ", std::strerror(err));
+                t2::detail::throw_error(path_, ": cannot map: ", std::strerror(err));
             }
             data_ = static_cast<const std::byte*>(p);
         }
@@ -72,7 +72,7 @@ public:
 
     void seek(std::size_t offset, const char* what) {
         if (offset > bytes_.size())
-            detail::throw_error(name_, ": ", what, " at offset ", offset, " is past the end of the ",
+            t2::detail::throw_error(name_, ": ", what, " at offset ", offset, " is past the end of the ",
                                 bytes_.size(), "-byte file");
         offset_ = offset;
     }
@@ -80,7 +80,7 @@ public:
     // The next n bytes, advancing past them.
     std::span<const std::byte> take(std::size_t n, const char* what) {
         if (n > remaining())
-            detail::throw_error(name_, ": truncated: ", what, " needs ", n, " bytes at offset ",
+            t2::detail::throw_error(name_, ": truncated: ", what, " needs ", n, " bytes at offset ",
                                 offset_, " but only ", remaining(), " remain");
         const auto out = bytes_.subspan(offset_, n);
         offset_ += n;

@@ -54,7 +54,7 @@ constexpr std::size_t kv_dim(const C& c) noexcept {
 // Checks that the dimensions describe a model t2 can run; `where` names the source (a file).
 template <model_config C>
 void validate(const C& c, const std::string& where) {
-    const auto fail = [&](const auto&... what) { detail::throw_error(where, ": ", what...); };
+    const auto fail = [&](const auto&... what) { t2::detail::throw_error(where, ": ", what...); };
     if (c.dim == 0 || c.hidden_dim == 0 || c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 ||
         c.vocab_size == 0 || c.seq_len == 0)
         fail("every dimension must be positive (dim ", c.dim, ", hidden_dim ", c.hidden_dim,

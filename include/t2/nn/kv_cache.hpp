@@ -23,12 +23,12 @@ public:
         T2_CHECK(capacity > 0 && capacity <= c.seq_len, "kv_cache: capacity ", capacity,
                  " must be between 1 and the model's context of ", c.seq_len);
         const std::array<std::size_t, 4> shape{c.n_layers, c.n_kv_heads, capacity, head_dim(c)};
-        const std::size_t bytes = 2 * detail::checked_product(shape) * sizeof(float);
+        const std::size_t bytes = 2 * t2::detail::checked_product(shape) * sizeof(float);
         try {
             keys_ = tensor<float, dims<4>>(dims<4>(shape));
             values_ = tensor<float, dims<4>>(dims<4>(shape));
         } catch (const std::bad_alloc&) {
-            detail::throw_error("kv_cache: cannot allocate ", bytes, " bytes for ", capacity,
+            t2::detail::throw_error("kv_cache: cannot allocate ", bytes, " bytes for ", capacity,
                                 " positions; ask for a shorter context");
         }
     }
