@@ -55,9 +55,10 @@ void gemm(const exec::scalar&, const gemm_args<TB>& g) {
 }
 
 #if T2_ENABLE_SIMD
-// Below this many rows of A, x·Wᵀ runs as dot products over the stored rows of W: packing
-// W would cost a full extra pass over it for too little reuse.
-inline constexpr std::size_t skinny_rows = 16;
+// Up to this many rows of A, x·Wᵀ runs as dot products over the stored rows of W (one
+// sequential stream, no packing): decoding's one row and little more. Measured here, at 16
+// rows the packed kernel is already 1.1–1.6× faster (benchmarks/README.md).
+inline constexpr std::size_t skinny_rows = 4;
 
 template <class Arch, class TB>
 void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
@@ -87,8 +88,11 @@ void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
 template <class Inner, class TB>
 void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
     constexpr std::size_t block = 64; // a multiple of every micro-tile width
+    // Below these sizes a split costs more than it saves. Few-row products are bound by
+    // streaming B, so they pay off sooner: at 32K elements of B a thread still reads 64 KiB.
     const std::size_t work = g.m * g.n * std::max<std::size_t>(g.k, 1);
-    if (ex.concurrency() == 1 || work < 64 * 64 * 64)
+    const std::size_t threshold = g.m <= skinny_rows ? std::size_t{1} << 15 : std::size_t{1} << 18;
+    if (ex.concurrency() == 1 || work < threshold)
         return gemm(ex.inner(), g);
     if (g.n >= g.m || g.n >= block * ex.concurrency()) {
         const std::size_t blocks = (g.n + block - 1) / block;
