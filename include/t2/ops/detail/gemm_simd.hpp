@@ -71,8 +71,8 @@ struct gemm_blocking {
 // Packs rows [i0, i0+m) × columns [k0, k0+kc) of op(A) into mr-row micro-panels, each
 // stored k-major (kc × mr), zero-padding the last panel.
 template <std::size_t MR, class TB>
-void pack_a(const gemm_args<TB>& g, std::size_t i0, std::size_t m, std::size_t k0,
-                   std::size_t kc, float* T2_RESTRICT out) {
+void pack_a(const gemm_args<TB>& g, std::size_t i0, std::size_t m, std::size_t k0, std::size_t kc,
+            float* T2_RESTRICT out) {
     for (std::size_t p = 0; p < m; p += MR) {
         const std::size_t rows = std::min(MR, m - p);
         if (!g.trans_a) {
@@ -160,8 +160,8 @@ void pack_transposed(const TB* T2_RESTRICT src, std::size_t ld, std::size_t kc, 
 // Packs rows [k0, k0+kc) × columns [j0, j0+n) of op(B) into nr-column micro-panels, each
 // stored k-major (kc × nr), zero-padding the last panel.
 template <std::size_t NR, class TB>
-void pack_b(const gemm_args<TB>& g, std::size_t k0, std::size_t kc, std::size_t j0,
-                   std::size_t n, float* T2_RESTRICT out) {
+void pack_b(const gemm_args<TB>& g, std::size_t k0, std::size_t kc, std::size_t j0, std::size_t n,
+            float* T2_RESTRICT out) {
     for (std::size_t p = 0; p < n; p += NR) {
         const std::size_t cols = std::min(NR, n - p);
         if (!g.trans_b) {
