@@ -97,7 +97,7 @@ public:
             const auto row = weights_.token_embedding.row(static_cast<std::size_t>(token));
             std::copy(row.data(), row.data() + D, x.row(t).data());
         }
-        scratch s(config_, T, state.position + T);
+        scratch s(config_, T);
         for (std::size_t l = 0; l < config_.n_layers; ++l)
             block(ex, l, state, x, s);
         state.position += T;
@@ -114,7 +114,7 @@ private:
     // Activations of one forward call, reused by every layer.
     struct scratch {
         matrix<float> h, q, k, v, attended, out, gate, up;
-        scratch(const Config& c, std::size_t T, std::size_t /*context*/)
+        scratch(const Config& c, std::size_t T)
             : h(T, c.dim), q(T, c.dim), k(T, kv_dim(c)), v(T, kv_dim(c)), attended(T, c.dim),
               out(T, c.dim), gate(T, c.hidden_dim), up(T, c.hidden_dim) {}
     };
