@@ -54,12 +54,12 @@ void gemm(const exec::scalar&, const gemm_args<TB>& g) {
         }
 }
 
-#if T2_ENABLE_SIMD
 // Up to this many rows of A, x·Wᵀ runs as dot products over the stored rows of W (one
 // sequential stream, no packing): decoding's one row and little more. Measured here, at 16
 // rows the packed kernel is already 1.1–1.6× faster (benchmarks/README.md).
 inline constexpr std::size_t skinny_rows = 4;
 
+#if T2_ENABLE_SIMD
 template <class Arch, class TB>
 void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
     if (g.k == 0)
