@@ -32,3 +32,5 @@
 #include "t2/io/load.hpp"
 #include "t2/io/npy.hpp"
 #include "t2/io/tokenizer.hpp"
+
+#include "t2/adapt/svd.hpp"
