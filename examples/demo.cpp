@@ -217,7 +217,7 @@ int main(int argc, char** argv) try {
     const std::string threaded = "threads<scalar> x" + std::to_string(threads);
     report(threaded.c_str(), run(t2::exec::threads<t2::exec::scalar>(pool), o, weights, input));
 #endif
-    std::printf("(SIMD: %s, %zu f32 lanes; build with -DT2_NATIVE_ARCH=ON for this CPU's widest ISA)\n",
+    std::printf("(SIMD: %s, %zu f32 lanes: the widest ISA the compile flags allow)\n",
                 T2_ENABLE_SIMD ? "on" : "off", T2_ENABLE_SIMD ? t2::exec::simd<>::lanes : std::size_t{1});
     return 0;
 } catch (const std::exception& e) {
