@@ -90,7 +90,7 @@
 
 #include "t2/core/dtype.hpp"
 #include "t2/io/checkpoint.hpp"
-#include "t2/io/detail/shape_string.hpp"
+#include "t2/io/detail/sizes.hpp"
 #include "t2/io/mapped_file.hpp"
 #include "t2/io/tokenizer.hpp"
 

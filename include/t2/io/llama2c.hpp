@@ -22,6 +22,7 @@
 
 #include "t2/io/atomic_file.hpp"
 #include "t2/io/checkpoint.hpp"
+#include "t2/io/detail/sizes.hpp"
 #include "t2/io/mapped_file.hpp"
 
 T2_NAMESPACE_BEGIN
@@ -33,11 +34,6 @@ namespace detail {
 
 inline constexpr std::uint32_t llama2c_magic = 0x616b3432; // "ak42"
 
-inline std::size_t checked_mul(std::size_t a, std::size_t b, const std::string& file) {
-    if (b != 0 && a > std::numeric_limits<std::size_t>::max() / b)
-        t2::detail::throw_error(file, ": tensor sizes overflow");
-    return a * b;
-}
 
 // Where the f32 weights come from: views into the mapping (versions 0 and 1) or
 // dequantized copies (version 2), either way kept alive by the storage.

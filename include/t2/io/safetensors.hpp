@@ -35,7 +35,7 @@
 #include "t2/core/dtype.hpp"
 #include "t2/core/tensor.hpp"
 #include "t2/io/atomic_file.hpp"
-#include "t2/io/detail/shape_string.hpp"
+#include "t2/io/detail/sizes.hpp"
 #include "t2/io/json.hpp"
 #include "t2/io/mapped_file.hpp"
 
@@ -122,16 +122,6 @@ struct safetensors_options {
     // The reference implementation's limit; real headers are kilobytes to a few megabytes.
     std::size_t max_header_bytes = 100'000'000;
 };
-
-namespace detail {
-
-inline std::size_t mul_or_throw(std::size_t a, std::size_t b, const std::string& where) {
-    if (b != 0 && a > std::numeric_limits<std::size_t>::max() / b)
-        t2::detail::throw_error(where, ": size overflows");
-    return a * b;
-}
-
-} // namespace detail
 
 // A parsed safetensors file: memory-mapped from a path, or a view of bytes someone else keeps
 // alive (a fuzzer's input, a buffer). Tensors keep header order.
@@ -266,7 +256,7 @@ private:
             t.shape.resize(shape.size());
             for (std::size_t d = 0; d < t.shape.size(); ++d) {
                 t.shape[d] = shape[d].as_size();
-                t.numel = detail::mul_or_throw(t.numel, t.shape[d], entry.where() + ".shape");
+                t.numel = detail::checked_mul(t.numel, t.shape[d], entry.where() + ".shape");
             }
             const json::node offsets = entry["data_offsets"];
             if (offsets.type() != json::kind::array || offsets.size() != 2)
@@ -277,7 +267,7 @@ private:
                              ") is not inside the " + std::to_string(data.size()) +
                              "-byte data section");
             if (t.dtype != safetensors_dtype::unknown) {
-                const std::size_t expected = detail::mul_or_throw(t.numel, size_of(t.dtype), entry.where());
+                const std::size_t expected = detail::checked_mul(t.numel, size_of(t.dtype), entry.where());
                 if (end - begin != expected)
                     offsets.fail("tensor of shape " + detail::shape_string(t.shape) + " and dtype " +
                                  t.dtype_name + " needs " + std::to_string(expected) +
@@ -412,10 +402,10 @@ inline std::string safetensors_header(const std::vector<safetensors_entry>& tens
         std::size_t numel = 1;
         json::value shape = json::value::array();
         for (const std::size_t d : t.shape) {
-            numel = mul_or_throw(numel, d, path + ": tensor \"" + t.name + "\"");
+            numel = checked_mul(numel, d, path + ": tensor \"" + t.name + "\"");
             shape.push_back(d);
         }
-        const std::size_t bytes = mul_or_throw(numel, size_of(t.dtype), path + ": tensor \"" + t.name + "\"");
+        const std::size_t bytes = checked_mul(numel, size_of(t.dtype), path + ": tensor \"" + t.name + "\"");
         if (bytes != t.data.size())
             t2::detail::throw_error(path, ": tensor \"", t.name, "\" of shape ", shape_string(t.shape),
                                     " and dtype ", name_of(t.dtype), " needs ", bytes, " bytes, given ",
