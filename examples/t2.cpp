@@ -2,7 +2,9 @@
 //
 //   t2 generate --model FILE [--tokenizer FILE] [--prompt TEXT] [--steps N] ...
 //   t2 logits   --model FILE --tokens 1,2,3 [--all] [--out FILE.npy]
-//   t2 info     --model FILE
+//   t2 info     --model FILE [--adapter svf|lora:R|mixture:K] [--matrices SEL]
+//   t2 decompose --model FILE --out FILE.safetensors [--matrices mlp|attn|all|REGEX]
+//   t2 expert info FILE
 //
 // Errors are one line on stderr and a non-zero exit. Defaults follow llama2.c's run.c.
 #include <algorithm>
@@ -18,6 +20,9 @@
 #include <thread>
 #include <vector>
 
+#include "t2/adapt/model.hpp"
+#include "t2/adapt/parameters.hpp"
+#include "t2/io/adapter_files.hpp"
 #include "t2/io/load.hpp"
 #include "t2/io/npy.hpp"
 #include "t2/nn/convert.hpp"
@@ -39,7 +44,9 @@ constexpr const char* main_usage =
     "commands:\n"
     "  generate   generate text from a prompt\n"
     "  logits     print or save the logits of a token sequence\n"
-    "  info       describe a checkpoint\n"
+    "  info       describe a checkpoint (and an adapter's trainable parameters)\n"
+    "  decompose  compute the SVD of a model's matrices once, for SVF experts\n"
+    "  expert     describe an expert file ('t2 expert info FILE')\n"
     "\n"
     "Models: llama2.c .bin (versions 0, 1, 2), GGUF, Hugging Face safetensors directories.\n"
     "Run 't2 <command> --help' for the options of a command.\n";
@@ -59,6 +66,8 @@ constexpr const char* generate_usage =
     "  --dtype f32|bf16    weights in memory: f32 (default) or bf16 (half the bytes per token)\n"
     "  --mmap              run f32 weights from the mapped file instead of a copy in memory\n"
     "  --ids               print the token ids (prompt included) instead of the text\n"
+    "  --decomposition F   the model's SVD (from 't2 decompose'), for --expert\n"
+    "  --expert FILE       run with an SVF expert applied (f32 weights)\n"
     "Prints the text on stdout and prefill and decode speeds on stderr.\n";
 
 constexpr const char* logits_usage =
@@ -66,11 +75,29 @@ constexpr const char* logits_usage =
     "                 [--dtype f32|bf16] [--mmap]\n"
     "  --tokens IDS   comma-separated token ids, run from position 0\n"
     "  --all          logits of every position ([T × vocab]) instead of the last ([vocab])\n"
-    "  --out FILE     write float32 .npy instead of printing text\n";
+    "  --out FILE     write float32 .npy instead of printing text\n"
+    "  --decomposition FILE --expert FILE   with an SVF expert applied (see 't2 generate --help')\n";
 
 constexpr const char* info_usage =
-    "usage: t2 info --model FILE\n"
-    "Prints the configuration, tensor count, stored dtypes and parameter count.\n";
+    "usage: t2 info --model FILE [--adapter svf|lora:R|mixture:K[:layer]] [--matrices SEL]\n"
+    "Prints the configuration, tensor count, stored dtypes and parameter count; with\n"
+    "--adapter, the trainable parameters of that adapter on the selected matrices\n"
+    "(--matrices: mlp (default), attn, all, or a regex over names such as\n"
+    "layers.0.attention.wq).\n";
+
+constexpr const char* decompose_usage =
+    "usage: t2 decompose --model FILE --out FILE.safetensors [options]\n"
+    "  --matrices SEL      mlp (default, as the Transformer² reference), attn, all, or a regex\n"
+    "                      matched against names such as layers.0.feed_forward.w1\n"
+    "  --precision f64|f32 SVD working precision (default f64)\n"
+    "  --threads N         threads (default: all hardware threads)\n"
+    "Writes U, S, V of every selected matrix with the hash of the model's weights; experts\n"
+    "trained on it, and loading it, are refused for any other model. Progress on stderr.\n";
+
+constexpr const char* expert_usage =
+    "usage: t2 expert info FILE\n"
+    "Prints an expert's metadata (base model hash, task, training, rescaling) and its\n"
+    "matrices with their ranks and the range of z.\n";
 
 // Options of the form --name value or --flag; `flags` lists the valueless ones.
 class arguments {
@@ -141,8 +168,20 @@ private:
 // memory (the default: a single core then streams ~1.8x faster than from the 4 KiB pages
 // of the mapped file), f32 left in the mapping (--mmap: no copy, less memory), or bf16.
 template <class Body>
-void with_model(const arguments& args, t2::io::checkpoint ck, Body&& body) {
+void with_model(const arguments& args, t2::io::checkpoint ck, std::size_t tokens, Body&& body) {
     const std::string dtype = args.get("--dtype").value_or("f32");
+    if (args.has("--expert") != args.has("--decomposition"))
+        throw usage_error("--expert and --decomposition go together");
+    if (const auto expert_path = args.get("--expert")) {
+        if (dtype != "f32")
+            throw usage_error("an expert runs with f32 weights; drop --dtype " + dtype);
+        const auto decomposition = t2::io::read_decomposition(args.required("--decomposition"));
+        const auto expert = t2::io::read_expert(*expert_path);
+        auto model = t2::adapt::make_svf_model(ck.config, ck.weights, decomposition, {.rescale = expert.rescale});
+        t2::adapt::apply_expert(t2::exec::simd<>{}, model, decomposition, expert, tokens);
+        body(model);
+        return;
+    }
     if (dtype == "bf16") {
         if (args.has("--mmap"))
             throw usage_error("--mmap keeps f32 weights in the file; it does not go with --dtype bf16");
@@ -190,7 +229,7 @@ void print_piece(const std::string& piece) {
 int generate(int argc, char** argv) {
     const arguments args(argc, argv, 2,
                          {"--model", "--tokenizer", "--prompt", "--steps", "--temperature", "--top-p",
-                          "--top-k", "--seed", "--threads", "--dtype"},
+                          "--top-k", "--seed", "--threads", "--dtype", "--decomposition", "--expert"},
                          {"--ids", "--mmap"});
     if (args.help) {
         std::fputs(generate_usage, stdout);
@@ -218,7 +257,7 @@ int generate(int argc, char** argv) {
         throw usage_error("the prompt is " + std::to_string(prompt.size()) + " tokens, more than --steps " +
                           std::to_string(steps));
     t2::exec::thread_pool pool(thread_count(args));
-    with_model(args, std::move(ck), [&](const auto& model) {
+    with_model(args, std::move(ck), steps, [&](const auto& model) {
         auto state = model.make_state(steps);
         t2::ops::sampler sample(sampling);
         if (!print_ids) {
@@ -272,7 +311,8 @@ std::vector<std::int32_t> parse_ids(const std::string& text) {
 }
 
 int logits(int argc, char** argv) {
-    const arguments args(argc, argv, 2, {"--model", "--tokens", "--out", "--threads", "--dtype"},
+    const arguments args(argc, argv, 2,
+                         {"--model", "--tokens", "--out", "--threads", "--dtype", "--decomposition", "--expert"},
                          {"--all", "--mmap"});
     if (args.help) {
         std::fputs(logits_usage, stdout);
@@ -287,7 +327,7 @@ int logits(int argc, char** argv) {
     t2::exec::thread_pool pool(thread_count(args));
     const bool all = args.has("--all");
     t2::matrix<float> out;
-    with_model(args, std::move(ck), [&](const auto& model) {
+    with_model(args, std::move(ck), tokens.size(), [&](const auto& model) {
         auto state = model.make_state(tokens.size());
         out = model.forward(executor(pool), state, tokens,
                             all ? t2::nn::logits_for::all : t2::nn::logits_for::last);
@@ -307,12 +347,28 @@ int logits(int argc, char** argv) {
     return 0;
 }
 
+// A bad flag value is a usage error (exit 2), whichever parser finds it.
+template <class F>
+auto as_usage_error(F&& parse) {
+    try {
+        return parse();
+    } catch (const t2::error& e) {
+        throw usage_error(e.what());
+    }
+}
+
+t2::adapt::selection parse_selection(const arguments& args) {
+    return as_usage_error([&] { return t2::adapt::selection::parse(args.get("--matrices").value_or("mlp")); });
+}
+
 int info(int argc, char** argv) {
-    const arguments args(argc, argv, 2, {"--model"}, {});
+    const arguments args(argc, argv, 2, {"--model", "--adapter", "--matrices"}, {});
     if (args.help) {
         std::fputs(info_usage, stdout);
         return 0;
     }
+    if (args.has("--matrices") && !args.has("--adapter"))
+        throw usage_error("--matrices goes with --adapter");
     const std::string model_path = args.required("--model");
     const t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
     const auto& c = ck.config;
@@ -337,6 +393,86 @@ int info(int argc, char** argv) {
     for (const auto& [dtype, n] : by_dtype)
         std::printf("  %-6s      %zu\n", dtype.c_str(), n);
     std::printf("tokenizer     %s\n", ck.tokenizer ? "embedded" : "none (pass --tokenizer to generate)");
+    if (const auto adapter_text = args.get("--adapter")) {
+        const auto adapter = as_usage_error([&] { return t2::adapt::adapter_spec::parse(*adapter_text); });
+        const auto chosen = parse_selection(args);
+        const std::size_t matrices = chosen.of(c).size();
+        const std::size_t trainable = t2::adapt::trainable_parameters(c, chosen, adapter);
+        std::printf("adapter       %s on %s: %zu matrices, %zu trainable parameters (%.4f%% of %zu)\n",
+                    adapter.text().c_str(), chosen.text().c_str(), matrices, trainable,
+                    parameters ? 100.0 * double(trainable) / double(parameters) : 0.0, parameters);
+    }
+    return 0;
+}
+
+int decompose(int argc, char** argv) {
+    const arguments args(argc, argv, 2, {"--model", "--out", "--matrices", "--precision", "--threads"}, {});
+    if (args.help) {
+        std::fputs(decompose_usage, stdout);
+        return 0;
+    }
+    const std::string model_path = args.required("--model"), out_path = args.required("--out");
+    const std::string precision = args.get("--precision").value_or("f64");
+    if (precision != "f64" && precision != "f32")
+        throw usage_error("--precision wants f64 or f32, got '" + precision + "'");
+    const auto chosen = parse_selection(args);
+    const t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
+    if (chosen.of(ck.config).empty())
+        throw usage_error("--matrices '" + chosen.text() + "' selects none of the model's matrices");
+    t2::exec::thread_pool pool(thread_count(args));
+    const auto start = std::chrono::steady_clock::now();
+    const auto seconds = [&] {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
+    t2::adapt::decompose_options options;
+    options.precision =
+        precision == "f64" ? t2::adapt::svd_precision::f64 : t2::adapt::svd_precision::f32;
+    options.progress = [&](std::size_t done, std::size_t total, const std::string& name) {
+        const double elapsed = seconds();
+        if (done < total)
+            std::fprintf(stderr, "[%zu/%zu] %s", done + 1, total, name.c_str());
+        else
+            std::fprintf(stderr, "decomposed %zu matrices", total);
+        if (done == total)
+            std::fprintf(stderr, " in %.1f s", elapsed);
+        else if (done > 0)
+            std::fprintf(stderr, "  (%.1f s elapsed, about %.0f s left)", elapsed,
+                         elapsed / double(done) * double(total - done));
+        std::fprintf(stderr, "\n");
+    };
+    const auto d = t2::adapt::decompose(executor(pool), ck.config, ck.weights, chosen, options);
+    t2::io::write_decomposition(out_path, d);
+    std::fprintf(stderr, "wrote %s (base model %s)\n", out_path.c_str(), d.base_model_hash.substr(0, 16).c_str());
+    return 0;
+}
+
+int expert(int argc, char** argv) {
+    const std::string sub = argc > 2 ? argv[2] : "";
+    if (sub == "-h" || sub == "--help") {
+        std::fputs(expert_usage, stdout);
+        return 0;
+    }
+    if (sub != "info")
+        throw usage_error(sub.empty() ? "no subcommand given" : "unknown subcommand '" + sub + "'");
+    if (argc != 4)
+        throw usage_error("'t2 expert info' takes one FILE");
+    const std::string path = argv[3];
+    const t2::adapt::expert e = t2::io::read_expert(path);
+    std::size_t values = 0;
+    for (const auto& [name, z] : e.z)
+        values += z.size();
+    std::printf("file          %s\nbase model    %s\ntask          %s\ntraining      %s\n"
+                "rescale       %s\nmatrices      %zu\nparameters    %zu\n",
+                path.c_str(), e.base_model_hash.c_str(), e.task.c_str(), e.training.c_str(),
+                e.rescale ? "yes (Σσ / Σ(σ⊙z))" : "no", e.z.size(), values);
+    for (const auto& [name, z] : e.z) {
+        const auto [lo, hi] = std::minmax_element(z.begin(), z.end());
+        double mean = 0;
+        for (const float v : z)
+            mean += v;
+        std::printf("  %-28s rank %-5zu z in [%.4g, %.4g], mean %.4g\n", name.c_str(), z.size(),
+                    z.empty() ? 0.0 : *lo, z.empty() ? 0.0 : *hi, z.empty() ? 0.0 : mean / double(z.size()));
+    }
     return 0;
 }
 
@@ -348,6 +484,8 @@ int main(int argc, char** argv) {
         if (command == "generate") return generate(argc, argv);
         if (command == "logits") return logits(argc, argv);
         if (command == "info") return info(argc, argv);
+        if (command == "decompose") return decompose(argc, argv);
+        if (command == "expert") return expert(argc, argv);
         if (command == "-h" || command == "--help" || command == "help") {
             std::fputs(main_usage, stdout);
             return 0;
@@ -358,7 +496,8 @@ int main(int argc, char** argv) {
         }
         throw usage_error(command.empty() ? "no command given" : "unknown command '" + command + "'");
     } catch (const usage_error& e) {
-        const bool known = command == "generate" || command == "logits" || command == "info";
+        const bool known = command == "generate" || command == "logits" || command == "info" ||
+                           command == "decompose" || command == "expert";
         std::fprintf(stderr, "t2%s%s: %s (see 't2 %s--help')\n", known ? " " : "",
                      known ? command.c_str() : "", e.what(), known ? (command + " ").c_str() : "");
         return 2;

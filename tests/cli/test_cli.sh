@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the `t2` command-line tool: usage errors are one line and a non-zero
-# exit, generation reproduces llama2.c's run.c on stories260K, logits round-trip through .npy.
+# exit, generation reproduces llama2.c's run.c on stories260K, logits round-trip through .npy,
+# decompositions and experts work end to end.
 #   test_cli.sh T2_BINARY MODELS_DIR DATA_DIR TMP_DIR
 set -uo pipefail
 t2=$1 models=$2 data=$3 tmp=$4
@@ -83,6 +84,77 @@ PY
 out=$("$t2" info --model "$models/stories260K.gguf")
 grep -q "format *gguf v3" <<<"$out" && grep -q "n_kv_heads *4" <<<"$out" && grep -q "tokenizer *embedded" <<<"$out" &&
     pass || fail "info: $out"
+
+# SVF: decompose, then experts written by an independent writer (Python) change the model
+# exactly as the definition says: z = 1, and a uniform z with rescaling, give the base
+# logits back; another z does not; an expert of another model is refused.
+expect_exit 0 "$t2" decompose --help
+expect_exit 0 "$t2" expert --help
+expect_exit 2 "$t2" decompose --model "$bin" --out "$tmp/x.safetensors" --matrices 'layers.(1'
+expect_exit 2 "$t2" decompose --model "$bin" --out "$tmp/x.safetensors" --matrices nothing
+expect_exit 2 "$t2" decompose --model "$bin" --out "$tmp/x.safetensors" --precision f16
+expect_exit 2 "$t2" expert frobnicate
+expect_exit 2 "$t2" info --model "$bin" --adapter lora:0
+"$t2" decompose --model "$bin" --out "$tmp/svd.safetensors" --threads 2 2>"$tmp/err" || fail "decompose: $(cat "$tmp/err")"
+grep -q "^\[15/15\] layers.4.feed_forward.w3" "$tmp/err" && grep -q "decomposed 15 matrices" "$tmp/err" &&
+    pass || fail "decompose progress: $(cat "$tmp/err")"
+out=$("$t2" info --model "$bin" --adapter svf)
+grep -q "adapter *svf on mlp: 15 matrices, 960 trainable parameters" <<<"$out" && pass || fail "info --adapter: $out"
+/usr/bin/python3 - "$tmp" <<'PY' && pass || fail "writing experts"
+import json, struct, sys, numpy as np
+tmp = sys.argv[1]
+with open(f"{tmp}/svd.safetensors", "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+meta = header.pop("__metadata__")
+assert meta["format"] == "t2.decomposition" and meta["selection"] == "mlp", meta
+ranks = {k[:-2]: v["shape"][0] for k, v in header.items() if k.endswith(".S")}
+assert len(ranks) == 15 and all(r == 64 for r in ranks.values()), ranks
+
+def write_expert(path, zs, rescale, model_hash=meta["base_model_hash"]):
+    names = sorted(zs)
+    tensors, offset = {}, 0
+    for name in names:
+        size = 4 * len(zs[name])
+        tensors[f"{name}.z"] = {"dtype": "F32", "shape": [len(zs[name])], "data_offsets": [offset, offset + size]}
+        offset += size
+    tensors["__metadata__"] = {"format": "t2.expert", "format_version": "1", "base_model_hash": model_hash,
+                               "matrices": json.dumps(ranks), "rescale": "true" if rescale else "false",
+                               "task": "cli test", "training": "written by hand"}
+    text = json.dumps(tensors).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name in names:
+            f.write(np.asarray(zs[name], dtype="<f4").tobytes())
+
+write_expert(f"{tmp}/ones.safetensors", {k: np.ones(r) for k, r in ranks.items()}, False)
+write_expert(f"{tmp}/half.safetensors", {k: np.full(r, 0.5) for k, r in ranks.items()}, True)
+write_expert(f"{tmp}/ramp.safetensors", {k: np.linspace(0.2, 1.8, r) for k, r in ranks.items()}, False)
+write_expert(f"{tmp}/foreign.safetensors", {k: np.ones(r) for k, r in ranks.items()}, False, "0" * 64)
+PY
+out=$("$t2" expert info "$tmp/ramp.safetensors")
+grep -q "task *cli test" <<<"$out" && grep -q "matrices *15" <<<"$out" &&
+    grep -q "layers.4.feed_forward.w3 *rank 64" <<<"$out" && pass || fail "expert info: $out"
+"$t2" logits --model "$bin" --tokens 1,403,407 --all --out "$tmp/base.npy" || fail "logits"
+for expert in ones half ramp; do
+    "$t2" logits --model "$bin" --tokens 1,403,407 --all --decomposition "$tmp/svd.safetensors" \
+        --expert "$tmp/$expert.safetensors" --out "$tmp/$expert.npy" || fail "logits with $expert"
+done
+/usr/bin/python3 - "$tmp" <<'PY' && pass || fail "expert logits"
+import sys, numpy as np
+tmp = sys.argv[1]
+base = np.load(f"{tmp}/base.npy")
+for same in ("ones", "half"):
+    assert np.allclose(np.load(f"{tmp}/{same}.npy"), base, rtol=1e-4, atol=1e-4), same
+assert abs(np.load(f"{tmp}/ramp.npy") - base).max() > 1e-2
+PY
+expect_exit 1 "$t2" logits --model "$bin" --tokens 1 --decomposition "$tmp/svd.safetensors" --expert "$tmp/foreign.safetensors"
+grep -q "another model" "$tmp/err" || fail "a foreign expert is not refused as such: $(cat "$tmp/err")"
+expect_exit 2 "$t2" logits --model "$bin" --tokens 1 --expert "$tmp/ones.safetensors"
+out=$("$t2" generate --model "$bin" --tokenizer "$tok" --temperature 0 --steps 40 \
+      --decomposition "$tmp/svd.safetensors" --expert "$tmp/ones.safetensors" 2>/dev/null)
+[[ $out == "$story"* ]] && pass || fail "greedy text with the identity expert: $out"
 
 echo "$passed passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -87,8 +87,11 @@ std::string weights_hash(const C& c, const nn::llama_weights<nn::dense<float>>& 
     return h.hex();
 }
 
+enum class svd_precision { f64, f32 }; // the SVD's working precision (svd<double> or svd<float>)
+
 struct decompose_options {
     svd_options svd;
+    svd_precision precision = svd_precision::f64;
     // Called before each matrix (done = matrices finished so far) and once at the end.
     std::function<void(std::size_t done, std::size_t total, const std::string& name)> progress;
 };
@@ -105,7 +108,10 @@ decomposition decompose(const E& ex, const C& c, const nn::llama_weights<nn::den
         if (options.progress)
             options.progress(i, slots.size(), name);
         const auto weight = nn::projection_of(w.blocks[s.layer], s.which).weight().weight();
-        d.matrices.push_back({name, s, svd_factors::own(svd<double>(ex, weight, options.svd))});
+        d.matrices.push_back({name, s,
+                              svd_factors::own(options.precision == svd_precision::f64
+                                                   ? svd<double>(ex, weight, options.svd)
+                                                   : svd<float>(ex, weight, options.svd))});
     }
     if (options.progress)
         options.progress(slots.size(), slots.size(), "");
