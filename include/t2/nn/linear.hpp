@@ -3,12 +3,14 @@
 //
 //   x[T × in] → y[T × out], W stored [out × in] as checkpoints store it.
 //
-// A weight policy provides in_features(), out_features() and forward(ex, x, y). dense<T>
-// is a plain matrix; the adapter policies (SVF: W' = U(σ⊙z)Vᵀ, expert mixtures, LoRA) are
-// further policies with the same three members, so layers never change when the weight
-// representation does.
+// A weight policy provides in_features(), out_features() and forward(ex, x, y); a trainable
+// one also a `gradient` type, make_gradient() and backward(ex, x, dy, dx, gradient&).
+// dense<T> is a plain matrix; the adapter policies (adapt/: SVF W' = U(σ⊙z)Vᵀ, expert
+// mixtures, LoRA) are further policies with the same members, so layers never change when
+// the weight representation does.
 #include <cstddef>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "t2/core/tensor.hpp"
@@ -50,6 +52,27 @@ public:
         ops::gemm(ex, x, weight_, y, {.transpose_b = true});
     }
 
+    // dL/dW [out × in], accumulated; empty (the default) when the weight is frozen and only
+    // dL/dx is wanted.
+    struct gradient {
+        matrix<float> weight;
+    };
+    gradient make_gradient(bool with_weight = false) const {
+        if (!with_weight)
+            return {};
+        T2_CHECK((std::is_same_v<T, float>), "dense: weight gradients need f32 weights");
+        return {matrix<float>(out_features(), in_features())};
+    }
+
+    // dx = dy·W (overwritten); grad.weight += dyᵀ·x when it is not empty.
+    template <exec::cpu_executor E>
+    void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy,
+                  matrix_view<float> dx, gradient& grad) const {
+        ops::gemm(ex, dy, weight_, dx);
+        if (grad.weight.size() != 0)
+            ops::gemm(ex, dy, x, grad.weight.view(), {.transpose_a = true, .beta = 1.f});
+    }
+
 private:
     matrix_view<const T> weight_;
     std::shared_ptr<const void> owner_;
@@ -73,6 +96,18 @@ public:
                  "linear: weight is ", out_features(), "x", in_features(), ", x is ", x.shape(),
                  ", y is ", y.shape());
         weight_.forward(ex, x, y);
+    }
+
+    // Given the forward's x and dL/dy: dx = dL/dx (overwritten) and the policy's gradient
+    // (accumulated): dL/dW for dense, dL/dz for SVF, dL/dA and dL/dB for LoRA, …
+    template <exec::cpu_executor E, class Gradient>
+    void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy, matrix_view<float> dx,
+                  Gradient& grad) const {
+        T2_CHECK(x.extent(1) == in_features() && dy.extent(1) == out_features() && dx.extent(1) == in_features() &&
+                     x.extent(0) == dy.extent(0) && dx.extent(0) == x.extent(0),
+                 "linear backward: weight is ", out_features(), "x", in_features(), ", x is ", x.shape(),
+                 ", dy is ", dy.shape(), ", dx is ", dx.shape());
+        weight_.backward(ex, x, dy, dx, grad);
     }
 
 private:

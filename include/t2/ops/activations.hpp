@@ -6,17 +6,22 @@
 //           y[n] = x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))      (approximation tanh)
 //   swiglu: y[n] = silu(gate[n]) · up[n]                               (the Llama MLP)
 //
+//   swiglu_backward: dgate[n] = dy · up · σ(gate) · (1 + gate · (1 − σ(gate)))
+//                    dup[n]   = dy · silu(gate)                     (both overwritten)
+//
 // The formulas are PyTorch's (torch.nn.functional.silu, gelu(approximate=...)). y may be
 // an input (in place). simd<Arch> evaluates exp, erf and tanh with xsimd's polynomial
 // approximations, a few ulp from the C library's.
 #include <cmath>
 #include <cstddef>
+#include <utility>
 
 #include "t2/core/tensor.hpp"
 #include "t2/exec/scalar.hpp"
 #include "t2/exec/simd.hpp"
 #include "t2/exec/threads.hpp"
 #include "t2/ops/detail/kernel_support.hpp"
+#include "t2/ops/detail/parallel.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace ops {
@@ -143,6 +148,41 @@ void swiglu(const E& ex, vector_view<const float> gate, vector_view<const float>
     detail::check_no_partial_overlap("swiglu", "gate", gate, "y", y);
     detail::check_no_partial_overlap("swiglu", "up", up, "y", y);
     detail::swiglu(ex, gate.data(), up.data(), y.data(), y.size());
+}
+
+// Backward of swiglu: the gradients of y = silu(gate) · up with respect to gate and up, from
+// dy. dgate and dup are overwritten; each may be one of the inputs (in place), but not the
+// other output.
+template <exec::cpu_executor E>
+void swiglu_backward(const E& ex, vector_view<const float> gate, vector_view<const float> up,
+                     vector_view<const float> dy, vector_view<float> dgate,
+                     vector_view<float> dup) {
+    constexpr const char* op = "swiglu_backward";
+    detail::check_same_shape(op, "gate", gate, "up", up);
+    detail::check_same_shape(op, "gate", gate, "dy", dy);
+    detail::check_same_shape(op, "gate", gate, "dgate", dgate);
+    detail::check_same_shape(op, "gate", gate, "dup", dup);
+    for (const auto& out : {std::pair{"dgate", dgate}, std::pair{"dup", dup}}) {
+        detail::check_no_partial_overlap(op, "gate", gate, out.first, out.second);
+        detail::check_no_partial_overlap(op, "up", up, out.first, out.second);
+        detail::check_no_partial_overlap(op, "dy", dy, out.first, out.second);
+    }
+    detail::check_disjoint(op, "dgate", dgate, "dup", dup);
+    detail::for_element_ranges(ex, gate.size(), detail::compute_grain,
+                               [&](std::size_t i0, std::size_t i1) {
+        const float* g = gate.data();
+        const float* u = up.data();
+        const float* d = dy.data();
+        float* dg_out = dgate.data();
+        float* du_out = dup.data();
+        for (std::size_t i = i0; i < i1; ++i) {
+            const float sig = 1.f / (1.f + std::exp(-g[i]));
+            const float dg = d[i] * u[i] * sig * (1.f + g[i] * (1.f - sig));
+            const float du = d[i] * g[i] * sig;
+            dg_out[i] = dg;
+            du_out[i] = du;
+        }
+    });
 }
 
 } // namespace ops

@@ -5,6 +5,8 @@
 //   layernorm: y[rows × d] = (x − mean(x)) / sqrt(var(x) + eps) · gamma[d] + beta[d]
 //   (vector overloads treat x[d] as one row)
 //
+//   rmsnorm_backward: dx[rows × d] (overwritten), dweight[d] (accumulated, +=) from dy
+//
 // rmsnorm follows llama2.c (and Hugging Face's LlamaRMSNorm): eps inside the square root,
 // y = w · (x · rstd). layernorm follows torch.nn.LayerNorm (the biased variance) with the
 // corrected two-pass algorithm (Chan, Golub & LeVeque 1983): a second pass sums x − m and
@@ -13,12 +15,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <vector>
 
 #include "t2/core/tensor.hpp"
 #include "t2/exec/scalar.hpp"
 #include "t2/exec/simd.hpp"
 #include "t2/exec/threads.hpp"
 #include "t2/ops/detail/kernel_support.hpp"
+#include "t2/ops/detail/parallel.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace ops {
@@ -200,6 +204,69 @@ void layernorm(const E& ex, vector_view<const float> x, vector_view<const float>
                vector_view<const float> beta, vector_view<float> y, float eps = 1e-5f) {
     layernorm(ex, x.reshape(dims<2>(1, x.size())), gamma, beta, y.reshape(dims<2>(1, y.size())),
               eps);
+}
+
+// Backward of rmsnorm. With r = 1 / sqrt(mean(x²) + eps) and g = dy ⊙ weight per row:
+//   dx       = r · (g − x · r² · mean(g ⊙ x))    [rows × d], overwritten
+//   dweight += Σ_rows dy ⊙ x · r                 [d], accumulated so that a caller can sum
+//                                                over calls (an empty dweight skips it:
+//                                                a frozen weight)
+// dx may be x or dy (in place). dweight is summed column by column over the rows in
+// order, so every executor and thread count gives the same bits.
+template <exec::cpu_executor E>
+void rmsnorm_backward(const E& ex, matrix_view<const float> x, vector_view<const float> weight,
+                      matrix_view<const float> dy, matrix_view<float> dx,
+                      vector_view<float> dweight, float eps = 1e-5f) {
+    constexpr const char* op = "rmsnorm_backward";
+    const std::size_t rows = x.extent(0), d = x.extent(1);
+    detail::check_same_shape(op, "x", x, "dy", dy);
+    detail::check_same_shape(op, "x", x, "dx", dx);
+    detail::check_no_partial_overlap(op, "x", x, "dx", dx);
+    detail::check_no_partial_overlap(op, "dy", dy, "dx", dx);
+    T2_CHECK(d > 0, op, ": x is ", x.shape(), "; it needs at least one column");
+    T2_CHECK(weight.size() == d, op, ": weight is ", weight.shape(), " but x is ", x.shape(),
+             "; weight needs one element per column");
+    T2_CHECK(dweight.empty() || dweight.size() == d, op, ": dweight is ", dweight.shape(),
+             " but x is ", x.shape(), "; give one element per column, or none to skip it");
+    T2_CHECK(eps >= 0.f, op, ": eps is ", eps, "; it must be >= 0");
+    detail::check_disjoint(op, "x", x, "dweight", dweight);
+    detail::check_disjoint(op, "dy", dy, "dweight", dweight);
+    detail::check_disjoint(op, "dx", dx, "dweight", dweight);
+
+    const float* xp = x.data();
+    const float* dyp = dy.data();
+    std::vector<float> rstd(rows);
+    detail::for_row_ranges(ex, rows, d, detail::stream_grain, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            float ss = 0.f;
+            for (std::size_t j = 0; j < d; ++j)
+                ss += xp[r * d + j] * xp[r * d + j];
+            rstd[r] = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
+        }
+    });
+    // Before dx: dx may overwrite x or dy.
+    if (!dweight.empty())
+        detail::for_column_ranges(
+            ex, rows, d, detail::stream_grain, [&](std::size_t j0, std::size_t j1) {
+                float* dw = dweight.data();
+                for (std::size_t r = 0; r < rows; ++r)
+                    for (std::size_t j = j0; j < j1; ++j)
+                        dw[j] += dyp[r * d + j] * xp[r * d + j] * rstd[r];
+            });
+    detail::for_row_ranges(ex, rows, d, detail::stream_grain, [&](std::size_t r0, std::size_t r1) {
+        const float* w = weight.data();
+        for (std::size_t r = r0; r < r1; ++r) {
+            const float* xr = xp + r * d;
+            const float* dyr = dyp + r * d;
+            float* dxr = dx.data() + r * d;
+            float gx = 0.f;
+            for (std::size_t j = 0; j < d; ++j)
+                gx += dyr[j] * w[j] * xr[j];
+            const float c = rstd[r] * rstd[r] * gx / static_cast<float>(d);
+            for (std::size_t j = 0; j < d; ++j)
+                dxr[j] = rstd[r] * (dyr[j] * w[j] - xr[j] * c);
+        }
+    });
 }
 
 } // namespace ops

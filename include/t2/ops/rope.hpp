@@ -8,6 +8,9 @@
 //     interleaved: (2i, 2i + 1)         llama2.c, GGUF / llama.cpp, Meta's original Llama
 //     halves:      (i, i + head_dim/2)  Hugging Face transformers ("rotate_half")
 //
+// rope_backward applies the transpose of the same rotations, a rotation by −angle, to a
+// gradient in place (the rotation is orthogonal, so its transpose is its inverse).
+//
 // A checkpoint converted between the two conventions has its q/k projection rows permuted
 // to match, so the layout must follow the checkpoint format, not the model family.
 //
@@ -27,6 +30,7 @@
 #include "t2/exec/simd.hpp"
 #include "t2/exec/threads.hpp"
 #include "t2/ops/detail/kernel_support.hpp"
+#include "t2/ops/detail/parallel.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace ops {
@@ -162,6 +166,29 @@ void rope(const exec::threads<Inner>& ex, float* x, std::size_t rows, std::size_
     });
 }
 
+// Rotation by −angle, for every executor: (a, b) <- (a cos + b sin, −a sin + b cos), with
+// the forward's f32 angles and the C library's cos and sin.
+template <exec::cpu_executor E>
+void rope_backward(const E& ex, float* x, std::size_t rows, std::size_t cols,
+                   rope_positions positions, const rope_config& cfg) {
+    const std::size_t half = cfg.head_dim / 2;
+    const std::vector<float> inv_freq = rope_frequencies(cfg);
+    for_row_ranges(ex, rows, cols, stream_grain, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t t = r0; t < r1; ++t) {
+            const float pos = static_cast<float>(positions[t]);
+            float* row = x + t * cols;
+            for (std::size_t i = 0; i < half; ++i) {
+                const float angle = pos * inv_freq[i];
+                const float c = std::cos(angle), s = std::sin(angle);
+                std::size_t a, b;
+                rope_pair_offsets(cfg.layout, half, i, a, b);
+                for (std::size_t h = 0; h < cols; h += cfg.head_dim)
+                    rope_rotate(row[h + a], row[h + b], c, -s);
+            }
+        }
+    });
+}
+
 inline void check_rope(matrix_view<float> x, const rope_config& cfg) {
     T2_CHECK(cfg.head_dim > 0 && cfg.head_dim % 2 == 0, "rope: head_dim is ", cfg.head_dim,
              "; it must be even and positive (dimensions rotate in pairs)");
@@ -193,6 +220,27 @@ void rope(const E& ex, matrix_view<float> x, std::size_t start_position,
     detail::check_rope(x, config);
     detail::rope(ex, x.data(), x.extent(0), x.extent(1),
                  detail::rope_positions{nullptr, start_position}, config);
+}
+
+// Backward of rope(ex, x, positions, config): dx = Rᵀ dy, in place on the gradient dx
+// (dy on entry). Rotating by −angle undoes the forward, so it also recovers x from rope(x).
+template <exec::cpu_executor E>
+void rope_backward(const E& ex, matrix_view<float> dx, std::span<const std::size_t> positions,
+                   const rope_config& config) {
+    detail::check_rope(dx, config);
+    T2_CHECK(positions.size() == dx.extent(0), "rope_backward: dx is ", dx.shape(),
+             " but there are ", positions.size(), " positions; give one per row");
+    detail::rope_backward(ex, dx.data(), dx.extent(0), dx.extent(1),
+                          detail::rope_positions{positions.data(), 0}, config);
+}
+
+// Backward of rope(ex, x, start_position, config), in place on the gradient dx.
+template <exec::cpu_executor E>
+void rope_backward(const E& ex, matrix_view<float> dx, std::size_t start_position,
+                   const rope_config& config) {
+    detail::check_rope(dx, config);
+    detail::rope_backward(ex, dx.data(), dx.extent(0), dx.extent(1),
+                          detail::rope_positions{nullptr, start_position}, config);
 }
 
 } // namespace ops

@@ -4,6 +4,8 @@
 //   y[rows × cols] = exp(x − max_row(x)) / Σ_row exp(x − max_row(x))
 //   (a vector overload treats x[n] as one row)
 //
+//   softmax_backward: dx[rows × cols] = y ⊙ (dy − Σ_row y ⊙ dy), from the forward's output y
+//
 // Subtracting the row maximum keeps exp from overflowing and changes nothing
 // mathematically. y may be x (in place). As in PyTorch, a row whose maximum is ±inf or
 // that contains a NaN comes out all NaN (a row of all −inf: there is nothing to normalise).
@@ -17,6 +19,7 @@
 #include "t2/exec/simd.hpp"
 #include "t2/exec/threads.hpp"
 #include "t2/ops/detail/kernel_support.hpp"
+#include "t2/ops/detail/parallel.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace ops {
@@ -105,6 +108,40 @@ void softmax(const E& ex, vector_view<const float> x, vector_view<float> y) {
     detail::check_same_shape("softmax", "x", x, "y", y);
     detail::check_no_partial_overlap("softmax", "x", x, "y", y);
     detail::softmax(ex, x.data(), y.data(), x.empty() ? 0 : 1, x.size());
+}
+
+// Backward of softmax, row by row: dx = y ⊙ (dy − Σ_row y ⊙ dy), where y is the softmax's
+// output (the Jacobian diag(y) − y·yᵀ applied to dy). dx is overwritten and may be y or dy.
+template <exec::cpu_executor E>
+void softmax_backward(const E& ex, matrix_view<const float> y, matrix_view<const float> dy,
+                      matrix_view<float> dx) {
+    constexpr const char* op = "softmax_backward";
+    detail::check_same_shape(op, "y", y, "dy", dy);
+    detail::check_same_shape(op, "y", y, "dx", dx);
+    detail::check_no_partial_overlap(op, "y", y, "dx", dx);
+    detail::check_no_partial_overlap(op, "dy", dy, "dx", dx);
+    const std::size_t cols = y.extent(1);
+    detail::for_row_ranges(ex, y.extent(0), cols, detail::stream_grain,
+                           [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            const float* yr = y.data() + r * cols;
+            const float* dyr = dy.data() + r * cols;
+            float* dxr = dx.data() + r * cols;
+            float dot = 0.f;
+            for (std::size_t c = 0; c < cols; ++c)
+                dot += yr[c] * dyr[c];
+            for (std::size_t c = 0; c < cols; ++c)
+                dxr[c] = yr[c] * (dyr[c] - dot);
+        }
+    });
+}
+
+// Backward of the softmax of a vector (one row).
+template <exec::cpu_executor E>
+void softmax_backward(const E& ex, vector_view<const float> y, vector_view<const float> dy,
+                      vector_view<float> dx) {
+    softmax_backward(ex, y.reshape(dims<2>(1, y.size())), dy.reshape(dims<2>(1, dy.size())),
+                     dx.reshape(dims<2>(1, dx.size())));
 }
 
 } // namespace ops

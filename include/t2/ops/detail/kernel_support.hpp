@@ -54,6 +54,13 @@ inline void check_disjoint(const char* op, const char* in_name, const void* in,
              in_name, "; the output needs memory of its own");
 }
 
+template <class T, class E, class U, class F>
+void check_disjoint(const char* op, const char* in_name, const tensor_view<T, E>& in,
+                    const char* out_name, const tensor_view<U, F>& out) {
+    check_disjoint(op, in_name, in.data(), in.size() * sizeof(T), out_name, out.data(),
+                   out.size() * sizeof(U));
+}
+
 // ---- how threads<Inner> splits the work -------------------------------------------------
 
 // Below these sizes (in elements) threads<Inner> runs on the calling thread alone: waking

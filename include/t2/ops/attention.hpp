@@ -1,0 +1,202 @@
+#pragma once
+// Causal grouped-query self-attention over a whole sequence (positions 0 … T−1, no KV
+// cache): the training form of the attention in nn/llama.hpp, with its backward.
+//
+//   q[T × H·hd], k[T × KV·hd], v[T × KV·hd]     H = n_heads, KV = n_kv_heads, H % KV = 0
+//   query head h reads KV head h / (H/KV) (the H/KV heads of a group share one K and V)
+//   probs[H × T × T] = causal_softmax(q_h · k_hᵀ / sqrt(hd))   row t sees columns 0 … t;
+//                                                             the upper triangle is zero
+//   out[T × H·hd]    = probs_h · v_h            (head h in columns h·hd … h·hd + hd − 1)
+//
+// causal_attention overwrites out and probs; the backward needs probs back (saved
+// activations, O(H·T²): the one quadratic buffer) and, with P = probs_h, S = q_h·k_hᵀ/√hd:
+//   dv_g = Σ_h∈g P_hᵀ · dout_h                 dP = dout_h · v_gᵀ
+//   dS   = P ⊙ (dP − rowsum(P ⊙ dP))           (softmax backward; zero above the diagonal)
+//   dq_h = dS · k_g / √hd                      dk_g = Σ_h∈g dSᵀ · q_h / √hd
+// dq, dk and dv are overwritten (dk and dv summed over the heads that share a KV head).
+//
+// The work splits by KV head (one task each on threads<Inner>, as in nn::llama). Within a
+// task the queries of the group are stacked into one [group·T × hd] matrix, so the products
+// are a few gemm calls per KV head; the backward takes dP and dS in blocks of rows, so its
+// scratch grows with T, not T².
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include "t2/core/tensor.hpp"
+#include "t2/exec/executor.hpp"
+#include "t2/ops/detail/kernel_support.hpp"
+#include "t2/ops/detail/parallel.hpp"
+#include "t2/ops/gemm.hpp"
+#include "t2/ops/softmax.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace ops {
+namespace detail {
+
+struct attention_dims {
+    std::size_t T, heads, kv_heads, head_dim, group;
+};
+
+inline attention_dims check_attention(const char* op, matrix_view<const float> q,
+                                      matrix_view<const float> k, matrix_view<const float> v,
+                                      tensor_view<const float, dims<3>> probs,
+                                      std::size_t n_heads, std::size_t n_kv_heads) {
+    T2_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, op, ": ", n_heads,
+             " heads and ", n_kv_heads, " KV heads; both must be positive and the heads a "
+             "multiple of the KV heads");
+    const std::size_t T = q.extent(0), hd = q.extent(1) / n_heads;
+    T2_CHECK(hd > 0 && q.extent(1) == n_heads * hd, op, ": q is ", q.shape(), " for ", n_heads,
+             " heads; q needs n_heads · head_dim columns with head_dim > 0");
+    T2_CHECK(k.extent(0) == T && k.extent(1) == n_kv_heads * hd, op, ": k is ", k.shape(),
+             " but q is ", q.shape(), "; k must be ", T, "x", n_kv_heads * hd, " (", n_kv_heads,
+             " KV heads of ", hd, ")");
+    check_same_shape(op, "k", k, "v", v);
+    T2_CHECK(probs.extent(0) == n_heads && probs.extent(1) == T && probs.extent(2) == T, op,
+             ": probs is ", probs.shape(), "; it must be ", n_heads, "x", T, "x", T,
+             " (one T × T matrix per head)");
+    check_disjoint(op, "q", q, "probs", probs);
+    check_disjoint(op, "k", k, "probs", probs);
+    check_disjoint(op, "v", v, "probs", probs);
+    return {T, n_heads, n_kv_heads, hd, n_heads / n_kv_heads};
+}
+
+// dst[rows × hd] = columns col … col + hd − 1 of src[rows × cols].
+inline void gather_columns(const float* src, std::size_t cols, std::size_t col, std::size_t rows,
+                           std::size_t hd, float* dst) {
+    for (std::size_t t = 0; t < rows; ++t)
+        std::copy_n(src + t * cols + col, hd, dst + t * hd);
+}
+
+// Columns col … col + hd − 1 of dst[rows × cols] = src[rows × hd].
+inline void scatter_columns(const float* src, std::size_t rows, std::size_t hd, float* dst,
+                            std::size_t cols, std::size_t col) {
+    for (std::size_t t = 0; t < rows; ++t)
+        std::copy_n(src + t * hd, hd, dst + t * cols + col);
+}
+
+// The queries (or their gradients) of KV head g's group, stacked: row j·T + t is head
+// g·group + j at position t.
+inline void gather_group(const float* src, const attention_dims& a, std::size_t g, float* dst) {
+    for (std::size_t j = 0; j < a.group; ++j)
+        gather_columns(src, a.heads * a.head_dim, (g * a.group + j) * a.head_dim, a.T,
+                       a.head_dim, dst + j * a.T * a.head_dim);
+}
+
+inline void scatter_group(const float* src, const attention_dims& a, std::size_t g, float* dst) {
+    for (std::size_t j = 0; j < a.group; ++j)
+        scatter_columns(src + j * a.T * a.head_dim, a.T, a.head_dim, dst,
+                        a.heads * a.head_dim, (g * a.group + j) * a.head_dim);
+}
+
+// Rows of dS per block in the backward: the scratch is attention_block × T floats.
+inline constexpr std::size_t attention_block = 64;
+
+} // namespace detail
+
+// out = causal softmax(q·kᵀ/√hd)·v per head, the softmax rows saved in probs (see the top of
+// this file). out and probs are overwritten and must not overlap the inputs.
+template <exec::cpu_executor E>
+void causal_attention(const E& ex, matrix_view<const float> q, matrix_view<const float> k,
+                      matrix_view<const float> v, matrix_view<float> out,
+                      tensor_view<float, dims<3>> probs, std::size_t n_heads,
+                      std::size_t n_kv_heads) {
+    constexpr const char* op = "causal_attention";
+    const auto a = detail::check_attention(op, q, k, v, probs, n_heads, n_kv_heads);
+    detail::check_same_shape(op, "q", q, "out", out);
+    detail::check_disjoint(op, "q", q, "out", out);
+    detail::check_disjoint(op, "k", k, "out", out);
+    detail::check_disjoint(op, "v", v, "out", out);
+    detail::check_disjoint(op, "probs", probs, "out", out);
+    const std::size_t T = a.T, hd = a.head_dim, rows = a.group * T;
+    const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+    detail::for_each_task(ex, a.kv_heads, [&](const auto& inner, std::size_t g) {
+        matrix<float> queries(rows, hd), keys(T, hd), values(T, hd), attended(rows, hd);
+        detail::gather_group(q.data(), a, g, queries.data());
+        detail::gather_columns(k.data(), k.extent(1), g * hd, T, hd, keys.data());
+        detail::gather_columns(v.data(), v.extent(1), g * hd, T, hd, values.data());
+        // The group's heads are consecutive in probs: one [group·T × T] matrix.
+        const auto p = view_of(probs.data() + g * rows * T, rows, T);
+        gemm(inner, queries, keys, p, {.transpose_b = true, .alpha = scale});
+        for (std::size_t r = 0; r < rows; ++r) {
+            const std::size_t visible = r % T + 1; // position r % T sees 0 … itself
+            const auto row = p.row(r);
+            const auto seen = row.rows(0, visible);
+            softmax(inner, seen, seen);
+            std::fill(row.data() + visible, row.data() + T, 0.f);
+        }
+        gemm(inner, p, values, attended);
+        detail::scatter_group(attended.data(), a, g, out.data());
+    });
+}
+
+// Backward of causal_attention from dout[T × H·hd] and the saved probs: dq, dk, dv
+// (overwritten; see the top of this file). The outputs must not overlap each other or the
+// inputs.
+template <exec::cpu_executor E>
+void causal_attention_backward(const E& ex, matrix_view<const float> q, matrix_view<const float> k,
+                               matrix_view<const float> v,
+                               tensor_view<const float, dims<3>> probs,
+                               matrix_view<const float> dout, matrix_view<float> dq,
+                               matrix_view<float> dk, matrix_view<float> dv, std::size_t n_heads,
+                               std::size_t n_kv_heads) {
+    constexpr const char* op = "causal_attention_backward";
+    const auto a = detail::check_attention(op, q, k, v, probs, n_heads, n_kv_heads);
+    detail::check_same_shape(op, "q", q, "dout", dout);
+    detail::check_same_shape(op, "q", q, "dq", dq);
+    detail::check_same_shape(op, "k", k, "dk", dk);
+    detail::check_same_shape(op, "v", v, "dv", dv);
+    const auto check_output = [&](const char* name, matrix_view<const float> out) {
+        detail::check_disjoint(op, "q", q, name, out);
+        detail::check_disjoint(op, "k", k, name, out);
+        detail::check_disjoint(op, "v", v, name, out);
+        detail::check_disjoint(op, "probs", probs, name, out);
+        detail::check_disjoint(op, "dout", dout, name, out);
+    };
+    check_output("dq", dq);
+    check_output("dk", dk);
+    check_output("dv", dv);
+    detail::check_disjoint(op, "dq", dq, "dk", dk);
+    detail::check_disjoint(op, "dq", dq, "dv", dv);
+    detail::check_disjoint(op, "dk", dk, "dv", dv);
+
+    const std::size_t T = a.T, hd = a.head_dim, rows = a.group * T;
+    const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+    detail::for_each_task(ex, a.kv_heads, [&](const auto& inner, std::size_t g) {
+        matrix<float> queries(rows, hd), keys(T, hd), values(T, hd), dattended(rows, hd);
+        matrix<float> dqueries(rows, hd), dkeys(T, hd), dvalues(T, hd);
+        matrix<float> ds(std::min(rows, detail::attention_block), T);
+        detail::gather_group(q.data(), a, g, queries.data());
+        detail::gather_group(dout.data(), a, g, dattended.data());
+        detail::gather_columns(k.data(), k.extent(1), g * hd, T, hd, keys.data());
+        detail::gather_columns(v.data(), v.extent(1), g * hd, T, hd, values.data());
+        const auto p = view_of(probs.data() + g * rows * T, rows, T);
+
+        gemm(inner, p, dattended, dvalues, {.transpose_a = true});
+        for (std::size_t r0 = 0; r0 < rows; r0 += detail::attention_block) {
+            const std::size_t r1 = std::min(rows, r0 + detail::attention_block);
+            const auto dsb = ds.rows(0, r1 - r0);
+            gemm(inner, dattended.rows(r0, r1), values, dsb, {.transpose_b = true}); // dP
+            for (std::size_t r = r0; r < r1; ++r) {
+                const std::size_t visible = r % T + 1;
+                const float* pr = p.data() + r * T;
+                float* dr = dsb.data() + (r - r0) * T;
+                float dot = 0.f;
+                for (std::size_t c = 0; c < visible; ++c)
+                    dot += pr[c] * dr[c];
+                for (std::size_t c = 0; c < visible; ++c)
+                    dr[c] = pr[c] * (dr[c] - dot);
+                std::fill(dr + visible, dr + T, 0.f);
+            }
+            gemm(inner, dsb, keys, dqueries.rows(r0, r1), {.alpha = scale});
+            gemm(inner, dsb, queries.rows(r0, r1), dkeys,
+                 {.transpose_a = true, .alpha = scale, .beta = r0 == 0 ? 0.f : 1.f});
+        }
+        detail::scatter_group(dqueries.data(), a, g, dq.data());
+        detail::scatter_columns(dkeys.data(), T, hd, dk.data(), dk.extent(1), g * hd);
+        detail::scatter_columns(dvalues.data(), T, hd, dv.data(), dv.extent(1), g * hd);
+    });
+}
+
+} // namespace ops
+T2_NAMESPACE_END

@@ -1,0 +1,120 @@
+#pragma once
+// Softmax cross-entropy of next-token targets, with its gradient in the same pass.
+//
+//   logits[T × V], targets[T] (class ids), weights[T] (optional, >= 0)
+//   loss     = Σ_t w_t · (log Σ_v exp(logits[t, v]) − logits[t, targets[t]]) / Σ_t w_t
+//   dlogits  = w_t / Σ w · (softmax(logits[t]) − onehot(targets[t]))    [T × V], overwritten
+//
+// The loss is the mean over the counted positions: w_t = 0 leaves position t out (its
+// target is then not read, so padding may hold any id, PyTorch's ignore_index among them)
+// and fractional weights weigh positions; no weights count every position once. When no
+// position counts (T = 0, or all weights 0) there is nothing to average: the loss is 0 and
+// the gradient is zero, so a batch of padding only contributes nothing rather than NaN.
+//
+// Numerically stable: each row's maximum is subtracted before exp and the sum of the
+// exponentials, the log-sum-exp and the loss are accumulated in double, so a row of large
+// logits neither overflows nor loses the loss's small differences.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "t2/core/tensor.hpp"
+#include "t2/exec/executor.hpp"
+#include "t2/ops/detail/kernel_support.hpp"
+#include "t2/ops/detail/parallel.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace ops {
+
+// Returns the loss; writes dlogits unless it is an empty view (forward only). dlogits may
+// be logits (in place).
+template <exec::cpu_executor E>
+float cross_entropy(const E& ex, matrix_view<const float> logits,
+                    std::span<const std::int32_t> targets, std::span<const float> weights,
+                    matrix_view<float> dlogits) {
+    constexpr const char* op = "cross_entropy";
+    const std::size_t T = logits.extent(0), V = logits.extent(1);
+    T2_CHECK(targets.size() == T, op, ": logits are ", logits.shape(), " but there are ",
+             targets.size(), " targets; give one per row");
+    T2_CHECK(weights.empty() || weights.size() == T, op, ": logits are ", logits.shape(),
+             " but there are ", weights.size(), " weights; give one per row, or none");
+    T2_CHECK(V > 0, op, ": logits are ", logits.shape(), "; they need at least one class");
+    const bool gradient = !dlogits.empty();
+    if (gradient) {
+        detail::check_same_shape(op, "logits", logits, "dlogits", dlogits);
+        detail::check_no_partial_overlap(op, "logits", logits, "dlogits", dlogits);
+    }
+    double weight_sum = 0;
+    for (std::size_t t = 0; t < T; ++t) {
+        const float w = weights.empty() ? 1.f : weights[t];
+        T2_CHECK(std::isfinite(w) && w >= 0.f, op, ": weight ", w, " at position ", t,
+                 "; weights must be finite and >= 0 (0 leaves the position out)");
+        if (w == 0.f)
+            continue;
+        T2_CHECK(targets[t] >= 0 && static_cast<std::size_t>(targets[t]) < V, op, ": target ",
+                 targets[t], " at position ", t, " is outside the ", V,
+                 " classes of the logits; give an id in [0, ", V,
+                 "), or weight 0 to leave the position out");
+        weight_sum += w;
+    }
+    if (weight_sum == 0) {
+        if (gradient)
+            std::fill_n(dlogits.data(), dlogits.size(), 0.f);
+        return 0.f;
+    }
+
+    // Each row's weighted loss, summed in row order afterwards: the same result for any
+    // executor and thread count.
+    std::vector<double> row_loss(T);
+    detail::for_row_ranges(ex, T, V, detail::compute_grain, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t t = r0; t < r1; ++t) {
+            const double w = weights.empty() ? 1.0 : weights[t];
+            const float* x = logits.data() + t * V;
+            float* dx = gradient ? dlogits.data() + t * V : nullptr;
+            if (w == 0) {
+                row_loss[t] = 0;
+                if (gradient)
+                    std::fill_n(dx, V, 0.f);
+                continue;
+            }
+            const std::size_t target = static_cast<std::size_t>(targets[t]);
+            const float target_logit = x[target]; // before dx, which may overwrite x
+            float max = -std::numeric_limits<float>::infinity();
+            for (std::size_t v = 0; v < V; ++v)
+                max = std::max(max, x[v]);
+            double sum = 0;
+            for (std::size_t v = 0; v < V; ++v) {
+                const float e = std::exp(x[v] - max);
+                sum += e;
+                if (gradient)
+                    dx[v] = e;
+            }
+            const double log_sum = std::log(sum);
+            row_loss[t] = w * (static_cast<double>(max) + log_sum - target_logit);
+            if (gradient) {
+                const float scale = static_cast<float>(w / weight_sum / sum);
+                for (std::size_t v = 0; v < V; ++v)
+                    dx[v] *= scale;
+                dx[target] -= static_cast<float>(w / weight_sum);
+            }
+        }
+    });
+    double total = 0;
+    for (double l : row_loss)
+        total += l;
+    return static_cast<float>(total / weight_sum);
+}
+
+// Forward only: the loss.
+template <exec::cpu_executor E>
+float cross_entropy(const E& ex, matrix_view<const float> logits,
+                    std::span<const std::int32_t> targets, std::span<const float> weights = {}) {
+    return cross_entropy(ex, logits, targets, weights, matrix_view<float>{});
+}
+
+} // namespace ops
+T2_NAMESPACE_END

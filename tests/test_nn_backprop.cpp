@@ -1,0 +1,304 @@
+// Backpropagation through whole models: the training forward is the inference forward,
+// gradients match directional finite differences of the loss, recomputation changes
+// nothing, and the loss mask does what it says. (Parity with PyTorch autograd is in
+// test_parity_grad.cpp; each layer's backward against finite differences in double is in
+// test_ops_backward.cpp and test_adapt_policies.cpp.)
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "support/check.hpp"
+#include "t2/adapt/model.hpp"
+#include "t2/io/load.hpp"
+#include "t2/nn/backprop.hpp"
+#include "t2/nn/random_init.hpp"
+
+namespace {
+
+using t2::nn::llama_config;
+
+std::vector<std::int32_t> random_tokens(std::size_t n, std::size_t vocab, std::uint64_t seed) {
+    const t2::philox rng(seed);
+    std::vector<std::int32_t> t(n);
+    for (std::size_t i = 0; i < n; ++i)
+        t[i] = static_cast<std::int32_t>(rng.bits(i)[0] % vocab);
+    return t;
+}
+
+// (L(θ + h·u) − L(θ − h·u)) / 2h along a direction u given as a perturbation of the
+// parameters in place: perturb(s) adds s·u. The loss is computed in f32, so h cannot be
+// tiny; 2e-3 keeps both the rounding and the curvature of random models below 2%.
+double directional_fd(const std::function<double()>& loss, const std::function<void(float)>& perturb, float h) {
+    perturb(h);
+    const double plus = loss();
+    perturb(-2 * h);
+    const double minus = loss();
+    perturb(h);
+    return (plus - minus) / (2.0 * h);
+}
+
+float* writable(const float* p) { return const_cast<float*>(p); } // test-owned weights
+
+const llama_config configs[] = {
+    {.dim = 16, .hidden_dim = 24, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = 19, .seq_len = 12},
+    {.dim = 12, .hidden_dim = 20, .n_layers = 2, .n_heads = 3, .n_kv_heads = 1, .vocab_size = 23, .seq_len = 9,
+     .rope_layout = t2::ops::rope_layout::halves, .shared_classifier = false},
+    {.dim = 8, .hidden_dim = 14, .n_layers = 3, .n_heads = 2, .n_kv_heads = 2, .vocab_size = 11, .seq_len = 7,
+     .rope_theta = 500000.f},
+};
+
+} // namespace
+
+TEST_CASE("backprop: the training forward gives the inference forward's loss") {
+    const t2::exec::simd<> ex;
+    for (const auto& c : configs) {
+        const t2::nn::llama<llama_config> model(c, t2::nn::random_weights(c, 3));
+        const auto tokens = random_tokens(c.seq_len + 1, c.vocab_size, 4);
+        auto grads = t2::nn::make_gradients(model);
+        const float trained = t2::nn::forward_backward(ex, model, tokens, {}, grads);
+        const float inferred = t2::nn::sequence_loss(ex, model, tokens);
+        CHECK(trained == doctest::Approx(inferred).epsilon(1e-5));
+        CHECK(std::isfinite(trained));
+    }
+}
+
+TEST_CASE("backprop: dense weight gradients match directional finite differences") {
+    t2::exec::thread_pool pool(2);
+    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    for (const auto& c : configs) {
+        CAPTURE(c.dim);
+        const auto weights = t2::nn::random_weights(c, 5);
+        const t2::nn::llama<llama_config> model(c, weights);
+        const auto tokens = random_tokens(8, c.vocab_size, 6);
+        std::vector<float> mask(tokens.size() - 1, 1.f);
+        mask[0] = 0.f;
+        mask[3] = 0.5f;
+        const t2::nn::backprop_options options{.dense_weights = true};
+        auto g = t2::nn::make_gradients(model, options);
+        t2::nn::forward_backward(ex, model, tokens, mask, g, options);
+        const auto loss = [&] { return double(t2::nn::sequence_loss(ex, model, tokens, mask)); };
+
+        // One random direction per tensor: compare ⟨∇L, u⟩ with the finite difference.
+        std::uint64_t seed = 100;
+        const auto check_tensor = [&](std::string what, const float* values, std::size_t n, const float* grad) {
+            CAPTURE(what);
+            REQUIRE(grad != nullptr);
+            std::vector<float> u(n);
+            t2_test::fill_uniform(u, seed++);
+            double analytic = 0;
+            for (std::size_t i = 0; i < n; ++i)
+                analytic += double(grad[i]) * u[i];
+            const double fd = directional_fd(loss, [&](float s) {
+                for (std::size_t i = 0; i < n; ++i)
+                    writable(values)[i] += s * u[i];
+            }, 2e-3f);
+            CAPTURE(analytic);
+            CAPTURE(fd);
+            CHECK(std::abs(analytic - fd) <= 2e-2 * std::abs(fd) + 1e-4);
+        };
+        check_tensor("embedding", weights.token_embedding.data(), weights.token_embedding.size(),
+                     g.token_embedding.data());
+        check_tensor("final norm", weights.final_norm.data(), weights.final_norm.size(), g.final_norm.data());
+        if (!c.shared_classifier)
+            check_tensor("classifier", weights.classifier.weight().weight().data(),
+                         weights.classifier.weight().weight().size(), g.classifier.weight.data());
+        for (std::size_t l = 0; l < c.n_layers; ++l) {
+            const auto& b = weights.blocks[l];
+            check_tensor("attention norm", b.attention_norm.data(), c.dim, g.blocks[l].attention_norm.data());
+            check_tensor("mlp norm", b.mlp_norm.data(), c.dim, g.blocks[l].mlp_norm.data());
+            for (const auto p : t2::nn::all_projections) {
+                const auto w = t2::nn::projection_of(b, p).weight().weight();
+                check_tensor(std::string(t2::nn::short_name(p)) + " " + std::to_string(l), w.data(), w.size(),
+                             t2::nn::projection_of(g.blocks[l], p).weight.data());
+            }
+        }
+    }
+}
+
+TEST_CASE("backprop: SVF z, mixture α and LoRA gradients match directional finite differences") {
+    const t2::exec::simd<> ex;
+    const auto& c = configs[0];
+    const auto weights = t2::nn::random_weights(c, 7);
+    const auto d = t2::adapt::decompose(ex, c, weights, t2::adapt::selection::all());
+    const auto tokens = random_tokens(10, c.vocab_size, 8);
+
+    SUBCASE("svf with rescaling") {
+        auto model = t2::adapt::make_svf_model(c, weights, d, {.rescale = true});
+        std::vector<std::vector<float>> z;
+        for (std::size_t l = 0; l < c.n_layers; ++l)
+            for (const auto p : t2::nn::all_projections) {
+                auto& w = t2::nn::projection_of(model.weights().blocks[l], p).weight();
+                std::vector<float> values(w.rank());
+                t2_test::fill_uniform(values, 10 * l + std::size_t(p), 0.5f, 1.5f);
+                w.set_z(ex, values);
+                z.push_back(values);
+            }
+        auto g = t2::nn::make_gradients(model);
+        t2::nn::forward_backward(ex, model, tokens, {}, g);
+        std::vector<std::vector<float>> u;
+        double analytic = 0;
+        std::size_t k = 0;
+        for (std::size_t l = 0; l < c.n_layers; ++l)
+            for (const auto p : t2::nn::all_projections) {
+                const auto& dz = t2::nn::projection_of(g.blocks[l], p).z;
+                std::vector<float> dir(dz.size());
+                t2_test::fill_uniform(dir, 50 + k);
+                for (std::size_t j = 0; j < dz.size(); ++j)
+                    analytic += double(dz[j]) * dir[j];
+                u.push_back(dir);
+                ++k;
+            }
+        const double fd = directional_fd([&] { return double(t2::nn::sequence_loss(ex, model, tokens)); },
+                                         [&](float s) {
+                                             std::size_t m = 0;
+                                             for (std::size_t l = 0; l < c.n_layers; ++l)
+                                                 for (const auto p : t2::nn::all_projections) {
+                                                     for (std::size_t j = 0; j < z[m].size(); ++j)
+                                                         z[m][j] += s * u[m][j];
+                                                     t2::nn::projection_of(model.weights().blocks[l], p)
+                                                         .weight()
+                                                         .set_z(ex, z[m]);
+                                                     ++m;
+                                                 }
+                                         },
+                                         2e-3f);
+        CHECK(analytic == doctest::Approx(fd).epsilon(2e-2));
+    }
+
+    SUBCASE("mixture α, per layer") {
+        std::vector<t2::adapt::expert> experts(3);
+        for (std::size_t k = 0; k < experts.size(); ++k) {
+            experts[k].base_model_hash = d.base_model_hash;
+            for (const auto& m : d.matrices) {
+                std::vector<float> z(m.factors.rank());
+                t2_test::fill_uniform(z, 200 + k * 100 + m.slot.layer * 7 + std::size_t(m.slot.which), 0.f, 2.f);
+                experts[k].z.emplace_back(m.name, z);
+            }
+        }
+        auto model = t2::adapt::make_mixture_model(c, weights, d, experts);
+        std::vector<float> alpha{0.2f, 0.5f, 0.3f, 0.6f, 0.1f, 0.3f};
+        t2::adapt::set_mixture_alpha(ex, model, alpha);
+        auto g = t2::nn::make_gradients(model);
+        t2::nn::forward_backward(ex, model, tokens, {}, g);
+        // dL/dα of layer l sums over its matrices.
+        std::vector<double> dalpha(alpha.size(), 0.0);
+        for (std::size_t l = 0; l < c.n_layers; ++l)
+            for (const auto p : t2::nn::all_projections)
+                for (std::size_t k = 0; k < 3; ++k)
+                    dalpha[l * 3 + k] += t2::nn::projection_of(g.blocks[l], p).alpha[k];
+        for (std::size_t i = 0; i < alpha.size(); ++i) {
+            CAPTURE(i);
+            const double fd = directional_fd([&] { return double(t2::nn::sequence_loss(ex, model, tokens)); },
+                                             [&](float s) {
+                                                 alpha[i] += s;
+                                                 t2::adapt::set_mixture_alpha(ex, model, alpha);
+                                             },
+                                             2e-3f);
+            CHECK(std::abs(dalpha[i] - fd) <= 2e-2 * std::abs(fd) + 1e-4);
+        }
+    }
+
+    SUBCASE("lora") {
+        auto model = t2::adapt::make_lora_model(c, weights, t2::adapt::selection::all(), {.rank = 3, .alpha = 6.f}, 9);
+        for (auto& b : model.weights().blocks)
+            for (const auto p : t2::nn::all_projections)
+                t2_test::fill_uniform(t2::nn::projection_of(b, p).weight().b().span(), 300 + std::size_t(p), -0.3f, 0.3f);
+        auto g = t2::nn::make_gradients(model);
+        t2::nn::forward_backward(ex, model, tokens, {}, g);
+        for (const bool of_a : {true, false}) {
+            CAPTURE(of_a);
+            double analytic = 0;
+            std::vector<std::vector<float>> u;
+            for (std::size_t l = 0; l < c.n_layers; ++l)
+                for (const auto p : t2::nn::all_projections) {
+                    const auto& gp = t2::nn::projection_of(g.blocks[l], p);
+                    const auto& grad = of_a ? gp.a : gp.b;
+                    std::vector<float> dir(grad.size());
+                    t2_test::fill_uniform(dir, 400 + u.size());
+                    for (std::size_t i = 0; i < dir.size(); ++i)
+                        analytic += double(grad.data()[i]) * dir[i];
+                    u.push_back(dir);
+                }
+            const double fd = directional_fd([&] { return double(t2::nn::sequence_loss(ex, model, tokens)); },
+                                             [&](float s) {
+                                                 std::size_t m = 0;
+                                                 for (auto& b : model.weights().blocks)
+                                                     for (const auto p : t2::nn::all_projections) {
+                                                         auto& w = t2::nn::projection_of(b, p).weight();
+                                                         auto values = of_a ? w.a() : w.b();
+                                                         for (std::size_t i = 0; i < values.size(); ++i)
+                                                             values.data()[i] += s * u[m][i];
+                                                         ++m;
+                                                     }
+                                             },
+                                             2e-3f);
+            CHECK(analytic == doctest::Approx(fd).epsilon(2e-2));
+        }
+    }
+}
+
+TEST_CASE("backprop: recomputation gives the same gradients; gradients accumulate") {
+    t2::exec::thread_pool pool(3);
+    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    const auto& c = configs[1];
+    const t2::nn::llama<llama_config> model(c, t2::nn::random_weights(c, 11));
+    const auto tokens = random_tokens(c.seq_len + 1, c.vocab_size, 12);
+    const t2::nn::backprop_options kept{.dense_weights = true}, recomputed{.dense_weights = true, .recompute = true};
+    auto a = t2::nn::make_gradients(model, kept), b = t2::nn::make_gradients(model, recomputed);
+    const float la = t2::nn::forward_backward(ex, model, tokens, {}, a, kept);
+    const float lb = t2::nn::forward_backward(ex, model, tokens, {}, b, recomputed);
+    CHECK(la == lb);
+    CHECK(std::equal(a.token_embedding.data(), a.token_embedding.data() + a.token_embedding.size(),
+                     b.token_embedding.data()));
+    CHECK(std::equal(a.blocks[0].wq.weight.data(), a.blocks[0].wq.weight.data() + a.blocks[0].wq.weight.size(),
+                     b.blocks[0].wq.weight.data()));
+    // A second call adds the same gradient again.
+    t2::nn::forward_backward(ex, model, tokens, {}, b, recomputed);
+    for (std::size_t i = 0; i < a.blocks[1].w2.weight.size(); ++i)
+        REQUIRE(b.blocks[1].w2.weight.data()[i] == doctest::Approx(2 * a.blocks[1].w2.weight.data()[i]).epsilon(1e-5));
+    CHECK(t2::nn::peak_activation_floats(c, 100, true) < t2::nn::peak_activation_floats(c, 100, false));
+}
+
+TEST_CASE("backprop: the loss mask leaves prompt positions out, and bad input is refused") {
+    const t2::exec::simd<> ex;
+    const auto& c = configs[0];
+    const t2::nn::llama<llama_config> model(c, t2::nn::random_weights(c, 13));
+    auto tokens = random_tokens(9, c.vocab_size, 14);
+    std::vector<float> mask(tokens.size() - 1, 1.f);
+    mask[0] = mask[1] = 0.f;  // a prompt
+    mask.back() = 0.f;        // and a masked last target: tokens.back() is read by nothing else
+    const t2::nn::backprop_options dense{.dense_weights = true};
+    auto g1 = t2::nn::make_gradients(model, dense);
+    const float l1 = t2::nn::forward_backward(ex, model, tokens, mask, g1, dense);
+    tokens.back() = (tokens.back() + 1) % static_cast<std::int32_t>(c.vocab_size);
+    auto g2 = t2::nn::make_gradients(model, dense);
+    const float l2 = t2::nn::forward_backward(ex, model, tokens, mask, g2, dense);
+    CHECK(l1 == l2);
+    CHECK(std::equal(g1.token_embedding.data(), g1.token_embedding.data() + g1.token_embedding.size(),
+                     g2.token_embedding.data()));
+    // A counted target does matter.
+    tokens[4] = (tokens[4] + 1) % static_cast<std::int32_t>(c.vocab_size);
+    auto g4 = t2::nn::make_gradients(model, dense);
+    CHECK(t2::nn::forward_backward(ex, model, tokens, mask, g4, dense) != l1);
+    std::vector<float> none(tokens.size() - 1, 0.f);
+    auto g3 = t2::nn::make_gradients(model, dense);
+    CHECK(t2::nn::forward_backward(ex, model, tokens, none, g3, dense) == 0.f);
+    CHECK(std::all_of(g3.blocks[0].w1.weight.data(), g3.blocks[0].w1.weight.data() + g3.blocks[0].w1.weight.size(),
+                      [](float v) { return v == 0.f; }));
+
+    const std::vector<std::int32_t> one{1};
+    CHECK(t2_test::contains(t2_test::error_message([&] { t2::nn::forward_backward(ex, model, one, {}, g3); }),
+                            "at least 2 tokens"));
+    CHECK(t2_test::contains(
+        t2_test::error_message([&] { t2::nn::forward_backward(ex, model, tokens, std::span(mask).first(3), g3); }),
+        "loss mask"));
+    const std::vector<std::int32_t> outside{1, 2, 99};
+    CHECK(t2_test::contains(t2_test::error_message([&] { t2::nn::forward_backward(ex, model, outside, {}, g3); }),
+                            "99"));
+    const auto long_sequence = random_tokens(c.seq_len + 2, c.vocab_size, 15);
+    CHECK(t2_test::contains(
+        t2_test::error_message([&] { t2::nn::forward_backward(ex, model, long_sequence, {}, g3); }), "context"));
+}
