@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <csignal>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "support/check.hpp"
 #include "support/temp_dir.hpp"
 #include "t2/adapt/model.hpp"
@@ -484,4 +488,60 @@ TEST_CASE("lora: a fresh adapter leaves the model unchanged") {
     const auto want = base.forward(ex, s1, tokens, t2::nn::logits_for::all);
     const auto got = model.forward(ex, s2, tokens, t2::nn::logits_for::all);
     CHECK(t2_test::compare(got.span(), want.span(), 1e-6, 1e-6).ok);
+}
+
+TEST_CASE("decomposition files: a writer killed mid-way leaves the old file intact") {
+    namespace fs = std::filesystem;
+    const std::string dir = t2_test::temp_dir() + "/killed_writer";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string path = dir + "/model.svd.safetensors";
+    const auto small = t2::adapt::svd_factors::own(t2::adapt::svd<double>(t2::exec::scalar{}, t2_test::random_matrix(6, 4, 1).view()));
+    const std::string hash(64, 'b');
+    t2::io::write_decomposition(path, {hash, "mlp", {{"layers.0.feed_forward.w1", {}, small}}});
+    const auto read_back = [&] { return t2::io::read_decomposition(path); };
+    REQUIRE(read_back().matrices.size() == 1);
+
+    // A replacement of 16 MiB, written 1 MiB at a time; the child stops after 4 MiB.
+    const auto big = std::make_shared<std::vector<float>>(std::size_t{4} << 20, 0.25f);
+    const std::vector<float> sigma(512, 1.f);
+    const t2::adapt::svd_factors huge{t2::matrix_view<const float>(big->data(), t2::dims<2>(4096, 512)),
+                                      t2::vector_view<const float>(sigma.data(), t2::dims<1>(512)),
+                                      t2::matrix_view<const float>(big->data() + 4096 * 512, t2::dims<2>(4096, 512)), big};
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::close(ready[0]);
+        try {
+            t2::io::safetensors_write_options options;
+            options.chunk_bytes = std::size_t{1} << 20;
+            options.progress = [&](std::size_t written, std::size_t) {
+                if (written >= (std::size_t{4} << 20)) {
+                    const char c = 'w';
+                    (void)!::write(ready[1], &c, 1);
+                    for (;;)
+                        ::pause();
+                }
+            };
+            t2::io::write_decomposition(path, {hash, "all", {{"layers.0.feed_forward.w2", {}, huge}}}, options);
+        } catch (...) {
+            ::_exit(2);
+        }
+        ::_exit(3);
+    }
+    ::close(ready[1]);
+    char c = 0;
+    const auto got = ::read(ready[0], &c, 1);
+    ::close(ready[0]);
+    ::kill(child, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(got == 1);
+    CHECK(WIFSIGNALED(status));
+    const auto d = read_back();
+    REQUIRE(d.matrices.size() == 1);
+    CHECK(d.matrices[0].name == "layers.0.feed_forward.w1");
+    CHECK(d.selection == "mlp");
 }

@@ -8,6 +8,7 @@
 #include "t2/core/extents.hpp"
 #include "t2/core/memory.hpp"
 #include "t2/core/rng.hpp"
+#include "t2/core/sha256.hpp"
 #include "t2/core/tensor.hpp"
 
 #include "t2/exec/cuda.hpp"
@@ -19,18 +20,28 @@
 
 #include "t2/ops/ops.hpp"
 
+#include "t2/nn/backprop.hpp"
 #include "t2/nn/config.hpp"
 #include "t2/nn/convert.hpp"
 #include "t2/nn/generate.hpp"
 #include "t2/nn/kv_cache.hpp"
 #include "t2/nn/linear.hpp"
 #include "t2/nn/llama.hpp"
+#include "t2/nn/matrices.hpp"
 #include "t2/nn/random_init.hpp"
 
+#include "t2/io/adapter_files.hpp"
 #include "t2/io/atomic_file.hpp"
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/load.hpp"
 #include "t2/io/npy.hpp"
 #include "t2/io/tokenizer.hpp"
 
+#include "t2/adapt/decomposition.hpp"
+#include "t2/adapt/lora.hpp"
+#include "t2/adapt/mixture.hpp"
+#include "t2/adapt/model.hpp"
+#include "t2/adapt/parameters.hpp"
+#include "t2/adapt/selection.hpp"
 #include "t2/adapt/svd.hpp"
+#include "t2/adapt/svf.hpp"
