@@ -98,10 +98,10 @@ inline void write_decomposition(const std::string& path, const adapt::decomposit
                       options);
 }
 
-// The factors view the mapped file, which they keep alive.
-inline adapt::decomposition read_decomposition(const std::string& path) {
-    auto file = std::make_shared<const safetensors_file>(path);
+// The factors view the file's memory, which they keep alive.
+inline adapt::decomposition read_decomposition(std::shared_ptr<const safetensors_file> file) {
     const safetensors_file& f = *file;
+    const std::string& path = f.name();
     detail::check_format(f, "t2.decomposition");
     adapt::decomposition d{detail::required_metadata(f, "base_model_hash"),
                            detail::required_metadata(f, "selection"), {}};
@@ -148,6 +148,10 @@ inline adapt::decomposition read_decomposition(const std::string& path) {
     return d;
 }
 
+inline adapt::decomposition read_decomposition(const std::string& path) {
+    return read_decomposition(std::make_shared<const safetensors_file>(path));
+}
+
 inline void write_expert(const std::string& path, const adapt::expert& e) {
     std::vector<safetensors_entry> tensors;
     json::value ranks = json::value::object();
@@ -166,8 +170,8 @@ inline void write_expert(const std::string& path, const adapt::expert& e) {
                        {"writer", "t2 " T2_VERSION_STRING}});
 }
 
-inline adapt::expert read_expert(const std::string& path) {
-    const safetensors_file f(path);
+inline adapt::expert read_expert(const safetensors_file& f) {
+    const std::string& path = f.name();
     detail::check_format(f, "t2.expert");
     adapt::expert e;
     e.base_model_hash = detail::required_metadata(f, "base_model_hash");
@@ -201,6 +205,8 @@ inline adapt::expert read_expert(const std::string& path) {
     }
     return e;
 }
+
+inline adapt::expert read_expert(const std::string& path) { return read_expert(safetensors_file(path)); }
 
 } // namespace io
 T2_NAMESPACE_END

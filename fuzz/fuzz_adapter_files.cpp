@@ -1,0 +1,68 @@
+// libFuzzer target for t2's decomposition and expert files (include/t2/io/adapter_files.hpp):
+// safetensors with t2's metadata, validated tensor by tensor.
+//
+//   clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude fuzz/fuzz_adapter_files.cpp -o fuzz_adapter_files
+//   ./fuzz_adapter_files -max_total_time=60 fuzz/corpus/adapter_files
+//
+// Every input either reads or throws t2::error. A decomposition that reads drives an SVF
+// matrix (set_z, forward, backward); an expert that reads is written back and read again,
+// which must give the same expert.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "t2/exec/scalar.hpp"
+#include "t2/io/adapter_files.hpp"
+
+namespace {
+
+namespace io = t2::io;
+
+void exercise(const t2::adapt::decomposition& d) {
+    const t2::exec::scalar ex;
+    for (const auto& m : d.matrices) {
+        if (m.factors.u.extent(0) * m.factors.v.extent(0) > (1u << 16))
+            continue; // the readers are what is fuzzed, not large products
+        t2::adapt::svf w(m.factors);
+        const std::vector<float> z(w.rank(), 0.5f);
+        w.set_z(ex, z, 1);
+        t2::matrix<float> x(2, w.in_features()), y(2, w.out_features()), dx(2, w.in_features());
+        w.forward(ex, x.view(), y.view());
+        auto g = w.make_gradient();
+        w.backward(ex, x.view(), y.view(), dx.view(), g);
+    }
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(data), size);
+    std::shared_ptr<const io::safetensors_file> file;
+    try {
+        file = std::make_shared<const io::safetensors_file>(bytes, "fuzz.safetensors");
+    } catch (const t2::error&) {
+        return 0;
+    }
+    try {
+        exercise(io::read_decomposition(file));
+    } catch (const t2::error&) {
+    }
+    try {
+        const t2::adapt::expert e = io::read_expert(*file);
+        static const std::string path =
+            (std::filesystem::temp_directory_path() / ("t2_fuzz_expert_" + std::to_string(::getpid()))).string();
+        io::write_expert(path, e);
+        const t2::adapt::expert again = io::read_expert(path);
+        if (again.z != e.z || again.task != e.task || again.training != e.training || again.rescale != e.rescale ||
+            again.base_model_hash != e.base_model_hash)
+            __builtin_trap();
+    } catch (const t2::error&) {
+    }
+    return 0;
+}
