@@ -14,6 +14,7 @@
 #include "t2/adapt/model.hpp"
 #include "t2/io/load.hpp"
 #include "t2/nn/backprop.hpp"
+#include "t2/nn/convert.hpp"
 #include "t2/nn/random_init.hpp"
 
 namespace {
@@ -301,4 +302,17 @@ TEST_CASE("backprop: the loss mask leaves prompt positions out, and bad input is
     const auto long_sequence = random_tokens(c.seq_len + 2, c.vocab_size, 15);
     CHECK(t2_test::contains(
         t2_test::error_message([&] { t2::nn::forward_backward(ex, model, long_sequence, {}, g3); }), "context"));
+}
+
+TEST_CASE("backprop: bf16 weights give input gradients; their weight gradients are refused") {
+    const t2::exec::simd<> ex;
+    const auto& c = configs[0];
+    const t2::nn::llama<llama_config, t2::nn::dense<t2::bf16>> model(
+        c, t2::nn::convert_weights<t2::bf16>(t2::nn::random_weights(c, 17)));
+    const auto tokens = random_tokens(6, c.vocab_size, 18);
+    auto g = t2::nn::make_gradients(model);
+    CHECK(t2::nn::forward_backward(ex, model, tokens, {}, g) ==
+          doctest::Approx(t2::nn::sequence_loss(ex, model, tokens)).epsilon(1e-5));
+    CHECK(t2_test::contains(t2_test::error_message([&] { t2::nn::make_gradients(model, {.dense_weights = true}); }),
+                            "f32 weights"));
 }
