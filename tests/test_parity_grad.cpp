@@ -1,0 +1,574 @@
+// Parity of t2's adapter gradients with PyTorch autograd. tests/parity/grad_reference.py
+// builds the adapted weights from their definitions in float64 torch (SVF: U diag(σ⊙z·c) Vᵀ
+// from t2's decomposition file; mixtures: z = Σ_k α_k z_k; LoRA: W + (α/r)·B A), runs a Llama
+// forward of its own, takes the masked mean next-token cross-entropy and calls backward.
+// t2's nn::forward_backward (float32) must agree, on exec::scalar and
+// exec::threads<exec::simd<>>, to
+//   |loss_t2 − loss_ref| / |loss_ref| ≤ 1e-5,
+//   ‖g_t2 − g_ref‖ / ‖g_ref‖ ≤ 1e-3 for every gradient tensor (dL/dz of each matrix, dL/dα,
+//   dL/dz_k of each mixture's experts, dL/dA and dL/dB of each LoRA matrix).
+// Models: stories260K, and random weights (GQA with an untied classifier, MQA, rotate-halves
+// RoPE) written as llama2.c files so that the reference reads the same f32 weights. The loss
+// mask leaves a prompt out (its first positions weigh 0).
+//
+// t2 writes every case's inputs (case.txt, parameters as .npy) under
+// T2_TEST_TMP_DIR/parity_grad, runs the script once for all of them (one torch import), and
+// reads its float64 .npy gradients back. Without a Python that can import torch the tests
+// fail, saying so; T2_PYTHON in the environment overrides /usr/bin/python3.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <memory>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#if __has_include(<sys/wait.h>)
+#include <sys/wait.h>
+#endif
+
+#include "support/check.hpp"
+#include "support/executors.hpp"
+#include "t2/adapt/model.hpp"
+#include "t2/io/adapter_files.hpp"
+#include "t2/io/llama2c.hpp"
+#include "t2/io/npy.hpp"
+#include "t2/nn/backprop.hpp"
+#include "t2/nn/random_init.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using t2::nn::llama_config;
+using dense_weights = t2::nn::llama_weights<t2::nn::dense<float>>;
+
+constexpr double loss_tolerance = 1e-5;
+constexpr double grad_tolerance = 1e-3;
+
+const std::string script =
+    fs::path(T2_TEST_DATA_DIR "/../parity/grad_reference.py").lexically_normal().string();
+
+// A base model as t2 holds it, and the llama2.c file the reference reads it from.
+struct base_model {
+    std::string name;
+    llama_config config;
+    dense_weights weights;
+    std::string path;
+    std::string layout; // "interleaved" | "halves", as the reference calls them
+    std::vector<std::int32_t> tokens;
+    std::vector<float> mask; // one weight per prediction, tokens.size() − 1
+};
+
+enum class adapter { svf, mixture, lora };
+
+struct grad_case {
+    std::string name;
+    adapter kind = adapter::svf;
+    std::shared_ptr<const base_model> model;
+    fs::path dir;
+    // svf and mixture
+    t2::adapt::decomposition decomposition;
+    bool rescale = false;
+    std::vector<std::vector<float>> z;      // svf: one per decomposed matrix, in its order
+    std::vector<t2::adapt::expert> experts; // mixture
+    std::vector<float> alpha;               // mixture: [K] or [n_layers × K]
+    // lora
+    std::string selection;
+    t2::adapt::lora_options lora;
+    std::vector<std::pair<std::string, std::pair<t2::matrix<float>, t2::matrix<float>>>> ab; // A, B
+};
+
+struct reference_set {
+    std::vector<grad_case> cases;
+    std::string error; // why there are none
+    double seconds = 0; // the script's run time
+};
+
+std::string read_text(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// A POSIX shell word.
+std::string quoted(const std::string& s) {
+    std::string out = "'";
+    for (char c : s)
+        out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+}
+
+template <class T>
+std::string joined(const std::vector<T>& values) {
+    std::ostringstream s;
+    s << std::setprecision(9);
+    for (std::size_t i = 0; i < values.size(); ++i)
+        s << (i ? "," : "") << values[i];
+    return s.str();
+}
+
+std::vector<std::int32_t> random_tokens(std::size_t n, std::size_t vocab, std::uint64_t seed) {
+    const t2::philox rng(seed);
+    std::vector<std::int32_t> t(n);
+    for (std::size_t i = 0; i < n; ++i)
+        t[i] = static_cast<std::int32_t>(rng.bits(i)[0] % vocab);
+    return t;
+}
+
+// Predictions [0, prompt) weigh 0, the rest 1.
+std::vector<float> prompt_mask(std::size_t tokens, std::size_t prompt) {
+    std::vector<float> m(tokens - 1, 1.f);
+    std::fill(m.begin(), m.begin() + static_cast<std::ptrdiff_t>(prompt), 0.f);
+    return m;
+}
+
+std::vector<float> uniform(std::size_t n, std::uint64_t seed, float lo, float hi) {
+    std::vector<float> v(n);
+    t2_test::fill_uniform(v, seed, lo, hi);
+    return v;
+}
+
+// The decomposed matrices a selection picks out of a larger decomposition.
+t2::adapt::decomposition subset(const t2::adapt::decomposition& d, const t2::adapt::selection& s) {
+    t2::adapt::decomposition out{d.base_model_hash, s.text(), {}};
+    for (const auto& m : d.matrices)
+        if (s.contains(m.slot))
+            out.matrices.push_back(m);
+    return out;
+}
+
+// stories260K as published, with run.c's greedy continuation of "The dog ran" (48 tokens,
+// the sequence of test_parity_torch); the first 5 predictions are the prompt's.
+std::shared_ptr<base_model> stories260k() {
+    const std::string path = T2_SHARED_MODELS_DIR "/stories260K.bin";
+    auto ck = t2::io::read_llama2c(path);
+    auto m = std::make_shared<base_model>();
+    m->name = "stories260K";
+    m->config = ck.config;
+    m->weights = std::move(ck.weights);
+    m->path = path;
+    m->layout = "interleaved";
+    m->tokens = {1,   291, 400, 428, 352, 303, 267, 265, 282, 295, 433, 335, 345, 357, 426, 342,
+                 397, 355, 267, 337, 335, 265, 315, 267, 422, 419, 426, 342, 397, 355, 267, 337,
+                 335, 265, 315, 267, 422, 419, 269, 352, 379, 261, 420, 277, 264, 265, 282, 295};
+    m->mask = prompt_mask(m->tokens.size(), 5);
+    return m;
+}
+
+// Random weights written as a legacy llama2.c file. A rotate-halves model is stored with the
+// same bytes (llama2.c has no layout field) and the reference told its layout.
+std::shared_ptr<base_model> random_model(const std::string& name, const llama_config& c, std::uint64_t seed,
+                                         const fs::path& dir) {
+    auto m = std::make_shared<base_model>();
+    m->name = name;
+    m->config = c;
+    m->weights = t2::nn::random_weights(c, seed);
+    m->path = (dir / (name + ".bin")).string();
+    m->layout = c.rope_layout == t2::ops::rope_layout::halves ? "halves" : "interleaved";
+    llama_config stored = c;
+    stored.rope_layout = t2::ops::rope_layout::interleaved;
+    t2::io::write_llama2c(m->path, stored, m->weights);
+    m->tokens = random_tokens(c.seq_len + 1, c.vocab_size, seed + 1);
+    m->mask = prompt_mask(m->tokens.size(), 3);
+    return m;
+}
+
+void save(const fs::path& path, std::span<const float> values, std::vector<std::size_t> shape) {
+    t2::io::write_npy(path.string(), values, shape);
+}
+
+// Writes the case's directory: case.txt and the parameters in in/.
+void write_inputs(const grad_case& c) {
+    const base_model& m = *c.model;
+    fs::create_directories(c.dir / "in");
+    std::ofstream spec(c.dir / "case.txt");
+    spec << "# written by test_parity_grad for " << c.name << "\n";
+    spec << "kind\t" << (c.kind == adapter::svf ? "svf" : c.kind == adapter::mixture ? "mixture" : "lora") << "\n";
+    spec << "checkpoint\t" << m.path << "\nlayout\t" << m.layout << "\n";
+    spec << "tokens\t" << joined(m.tokens) << "\nmask\t" << joined(m.mask) << "\n";
+    const fs::path in = c.dir / "in";
+    if (c.kind == adapter::lora) {
+        std::vector<std::string> names;
+        for (const auto& [name, ab] : c.ab) {
+            names.push_back(name);
+            save(in / (name + ".A.npy"), ab.first.span(), {ab.first.extent(0), ab.first.extent(1)});
+            save(in / (name + ".B.npy"), ab.second.span(), {ab.second.extent(0), ab.second.extent(1)});
+        }
+        spec << "matrices\t" << joined(names) << "\nlora_alpha\t" << std::setprecision(9) << c.lora.alpha
+             << "\nlora_rank\t" << c.lora.rank << "\n";
+        return;
+    }
+    const fs::path decomposition = c.dir / "decomposition.safetensors";
+    t2::io::write_decomposition(decomposition.string(), c.decomposition);
+    spec << "decomposition\t" << decomposition.string() << "\nrescale\t" << (c.rescale ? 1 : 0) << "\n";
+    const auto& matrices = c.decomposition.matrices;
+    if (c.kind == adapter::svf) {
+        for (std::size_t i = 0; i < matrices.size(); ++i)
+            save(in / (matrices[i].name + ".z.npy"), c.z[i], {c.z[i].size()});
+        return;
+    }
+    const std::size_t K = c.experts.size();
+    for (const auto& mat : matrices) {
+        std::vector<float> rows;
+        for (const auto& e : c.experts) {
+            const auto* z = e.find(mat.name);
+            rows.insert(rows.end(), z->begin(), z->end());
+        }
+        save(in / (mat.name + ".experts.npy"), rows, {K, mat.factors.rank()});
+    }
+    if (c.alpha.size() == K)
+        save(in / "alpha.npy", c.alpha, {K});
+    else
+        save(in / "alpha.npy", c.alpha, {m.config.n_layers, K});
+}
+
+grad_case svf_case(std::string name, std::shared_ptr<const base_model> m, t2::adapt::decomposition d, bool rescale,
+                   std::uint64_t seed) {
+    grad_case c;
+    c.name = std::move(name);
+    c.kind = adapter::svf;
+    c.model = std::move(m);
+    c.decomposition = std::move(d);
+    c.rescale = rescale;
+    for (const auto& mat : c.decomposition.matrices)
+        c.z.push_back(uniform(mat.factors.rank(), seed++, 0.5f, 1.5f));
+    return c;
+}
+
+grad_case mixture_case(std::string name, std::shared_ptr<const base_model> m, t2::adapt::decomposition d,
+                       bool rescale, bool per_layer, std::uint64_t seed) {
+    constexpr std::size_t K = 3;
+    grad_case c;
+    c.name = std::move(name);
+    c.kind = adapter::mixture;
+    c.model = std::move(m);
+    c.decomposition = std::move(d);
+    c.rescale = rescale;
+    c.experts.resize(K);
+    for (auto& e : c.experts) {
+        e.base_model_hash = c.decomposition.base_model_hash;
+        e.rescale = rescale;
+        for (const auto& mat : c.decomposition.matrices)
+            e.z.emplace_back(mat.name, uniform(mat.factors.rank(), seed++, 0.f, 2.f));
+    }
+    c.alpha = uniform(per_layer ? c.model->config.n_layers * K : K, seed, 0.1f, 0.6f);
+    return c;
+}
+
+// LoRA with t2's fresh A and a nonzero B (B = 0 would make dL/dA vanish).
+grad_case lora_case(std::string name, std::shared_ptr<const base_model> m, std::string selection,
+                    t2::adapt::lora_options options, std::uint64_t seed) {
+    grad_case c;
+    c.name = std::move(name);
+    c.kind = adapter::lora;
+    c.model = std::move(m);
+    c.selection = std::move(selection);
+    c.lora = options;
+    const auto model = t2::adapt::make_lora_model(c.model->config, c.model->weights,
+                                                  t2::adapt::selection::parse(c.selection), options, seed);
+    for (std::size_t l = 0; l < c.model->config.n_layers; ++l)
+        for (const auto p : t2::nn::all_projections) {
+            const auto& w = t2::nn::projection_of(model.weights().blocks[l], p).weight();
+            if (!w.adapted())
+                continue;
+            t2::matrix<float> a(w.a().extent(0), w.a().extent(1)), b(w.b().extent(0), w.b().extent(1));
+            std::copy(w.a().data(), w.a().data() + a.size(), a.data());
+            t2_test::fill_uniform(b.span(), seed + 1000 * l + std::size_t(p), -0.3f, 0.3f);
+            c.ab.emplace_back(t2::nn::matrix_name(l, p), std::make_pair(std::move(a), std::move(b)));
+        }
+    return c;
+}
+
+// Every case's inputs, the script's run over all of them.
+reference_set prepare() {
+    reference_set set;
+    const fs::path dir = fs::path(T2_TEST_TMP_DIR) / "parity_grad";
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    fs::create_directories(dir);
+    const t2::exec::threads<t2::exec::scalar> ex(t2_test::test_pool(2));
+    try {
+        const auto stories = stories260k();
+        const auto all = t2::adapt::decompose(ex, stories->config, stories->weights, t2::adapt::selection::all());
+        set.cases.push_back(svf_case("stories260K-svf-mlp-rescale", stories,
+                                     subset(all, t2::adapt::selection::mlp()), true, 100));
+        set.cases.push_back(svf_case("stories260K-svf-all", stories, all, false, 200));
+        set.cases.push_back(mixture_case("stories260K-mixture-attn-per-layer-rescale", stories,
+                                         subset(all, t2::adapt::selection::attention()), true, true, 300));
+        set.cases.push_back(lora_case("stories260K-lora-qv", stories, R"(.*\.attention\.w[qv])",
+                                      {.rank = 4, .alpha = 8.f}, 400));
+
+        const llama_config gqa{.dim = 48, .hidden_dim = 64, .n_layers = 2, .n_heads = 6, .n_kv_heads = 2,
+                               .vocab_size = 37, .seq_len = 16, .shared_classifier = false};
+        const llama_config mqa{.dim = 32, .hidden_dim = 40, .n_layers = 2, .n_heads = 4, .n_kv_heads = 1,
+                               .vocab_size = 29, .seq_len = 12};
+        const llama_config halves{.dim = 24, .hidden_dim = 36, .n_layers = 2, .n_heads = 3, .n_kv_heads = 3,
+                                  .vocab_size = 31, .seq_len = 14, .rope_layout = t2::ops::rope_layout::halves,
+                                  .shared_classifier = false};
+        std::uint64_t seed = 1000;
+        for (const auto& [name, config, per_layer] :
+             {std::tuple{"gqa", gqa, false}, std::tuple{"mqa", mqa, true}, std::tuple{"halves", halves, false}}) {
+            const auto m = random_model(name, config, seed, dir);
+            const auto d = t2::adapt::decompose(ex, config, m->weights, t2::adapt::selection::all());
+            const std::string prefix = std::string(name) + "-";
+            set.cases.push_back(svf_case(prefix + "svf-all-rescale", m, d, true, seed + 10));
+            set.cases.push_back(mixture_case(prefix + (per_layer ? "mixture-per-layer" : "mixture-global"), m, d,
+                                             false, per_layer, seed + 20));
+            set.cases.push_back(lora_case(prefix + "lora-all", m, "all", {.rank = 3, .alpha = 6.f}, seed + 30));
+            seed += 100;
+        }
+        std::ofstream manifest(dir / "manifest.txt");
+        manifest << "# case directories, written by test_parity_grad\n";
+        for (auto& c : set.cases) {
+            c.dir = dir / c.name;
+            write_inputs(c);
+            manifest << c.dir.string() << "\n";
+        }
+    } catch (const std::exception& e) {
+        set.error = std::string("preparing the cases failed: ") + e.what();
+        set.cases.clear();
+        return set;
+    }
+
+    const char* env = std::getenv("T2_PYTHON");
+    const std::string python = env && *env ? env : "/usr/bin/python3";
+    const fs::path log = dir / "python.log";
+    const std::string command = quoted(python) + " " + quoted(script) + " batch " +
+                                quoted((dir / "manifest.txt").string()) + " > " + quoted(log.string()) + " 2>&1";
+    const auto start = std::chrono::steady_clock::now();
+    const int status = std::system(command.c_str());
+    set.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (status != 0) {
+#if __has_include(<sys/wait.h>)
+        const std::string how = WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
+                                                  : "wait status " + std::to_string(status);
+#else
+        const std::string how = "status " + std::to_string(status);
+#endif
+        set.error = "the PyTorch reference failed (" + python + " " + script + " batch, " + how +
+                    "). Its output:\n" + read_text(log) +
+                    "\nThe parity tests need Python 3 with torch and numpy (Debian: apt install "
+                    "python3-torch python3-numpy; or set T2_PYTHON to such a python).";
+        set.cases.clear();
+    }
+    return set;
+}
+
+// The inputs are written and the script runs once per test program.
+const reference_set& references() {
+    static const reference_set set = prepare();
+    return set;
+}
+
+// A little-endian float64 C-order .npy file (what the script writes: np.save, version 1).
+struct npy_array {
+    std::vector<std::size_t> shape;
+    std::vector<double> data;
+};
+
+npy_array read_npy(const fs::path& path) {
+    const std::string bytes = read_text(path);
+    const auto fail = [&](const std::string& what) { throw std::runtime_error(path.string() + ": " + what); };
+    if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
+        fail("missing or not a .npy file");
+    if (bytes[6] != 1)
+        fail(".npy version " + std::to_string(int(bytes[6])) + " (the script writes version 1)");
+    const std::size_t header_len =
+        std::size_t(static_cast<unsigned char>(bytes[8])) | std::size_t(static_cast<unsigned char>(bytes[9])) << 8;
+    const std::size_t data_at = 10 + header_len;
+    if (data_at > bytes.size())
+        fail("truncated header");
+    const std::string header = bytes.substr(10, header_len);
+    if (header.find("'descr': '<f8'") == std::string::npos ||
+        header.find("'fortran_order': False") == std::string::npos)
+        fail("not little-endian float64 in C order: " + header);
+    const auto at = header.find("'shape': (");
+    const auto end = header.find(')', at);
+    if (at == std::string::npos || end == std::string::npos)
+        fail("no shape in the header");
+    npy_array a;
+    std::istringstream dims(header.substr(at + 10, end - at - 10));
+    std::size_t count = 1;
+    for (std::string d; std::getline(dims, d, ',');)
+        if (d.find_first_not_of(' ') != std::string::npos) {
+            a.shape.push_back(std::stoul(d));
+            count *= a.shape.back();
+        }
+    if (bytes.size() - data_at != count * 8)
+        fail("holds " + std::to_string(bytes.size() - data_at) + " bytes of data, its shape needs " +
+             std::to_string(count * 8));
+    a.data.resize(count);
+    std::memcpy(a.data.data(), bytes.data() + data_at, count * 8);
+    return a;
+}
+
+// t2's loss and gradients, named as the reference names them.
+struct t2_result {
+    double loss = 0;
+    std::vector<std::pair<std::string, std::vector<float>>> grads;
+};
+
+std::vector<float> flat(const t2::matrix<float>& m) { return {m.data(), m.data() + m.size()}; }
+
+template <class E>
+t2_result run_t2(const E& ex, const grad_case& c) {
+    const base_model& m = *c.model;
+    const llama_config& config = m.config;
+    t2_result r;
+    if (c.kind == adapter::svf) {
+        auto model = t2::adapt::make_svf_model(config, m.weights, c.decomposition, {.rescale = c.rescale});
+        const auto& matrices = c.decomposition.matrices;
+        for (std::size_t i = 0; i < matrices.size(); ++i)
+            t2::nn::projection_of(model.weights().blocks[matrices[i].slot.layer], matrices[i].slot.which)
+                .weight()
+                .set_z(ex, c.z[i]);
+        auto g = t2::nn::make_gradients(model);
+        r.loss = t2::nn::forward_backward(ex, model, m.tokens, m.mask, g);
+        for (const auto& mat : matrices)
+            r.grads.emplace_back(mat.name + ".z",
+                                 t2::nn::projection_of(g.blocks[mat.slot.layer], mat.slot.which).z);
+    } else if (c.kind == adapter::mixture) {
+        auto model = t2::adapt::make_mixture_model(config, m.weights, c.decomposition, c.experts,
+                                                   {.rescale = c.rescale});
+        t2::adapt::set_mixture_alpha(ex, model, c.alpha);
+        auto g = t2::nn::make_gradients(model);
+        r.loss = t2::nn::forward_backward(ex, model, m.tokens, m.mask, g);
+        // dL/dα sums over the matrices that share an α: a layer's, or all.
+        const std::size_t K = c.experts.size();
+        std::vector<float> dalpha(c.alpha.size(), 0.f);
+        for (const auto& mat : c.decomposition.matrices) {
+            const auto& gm = t2::nn::projection_of(g.blocks[mat.slot.layer], mat.slot.which);
+            const std::size_t at = c.alpha.size() == K ? 0 : mat.slot.layer * K;
+            for (std::size_t k = 0; k < K; ++k)
+                dalpha[at + k] += gm.alpha[k];
+            r.grads.emplace_back(mat.name + ".experts", flat(gm.experts));
+        }
+        r.grads.emplace_back("alpha", dalpha);
+    } else {
+        auto model = t2::adapt::make_lora_model(config, m.weights, t2::adapt::selection::parse(c.selection), c.lora);
+        for (const auto& [name, ab] : c.ab) {
+            std::size_t layer = 0;
+            t2::nn::projection p{};
+            REQUIRE(t2::nn::parse_matrix_name(name, layer, p));
+            auto& w = t2::nn::projection_of(model.weights().blocks[layer], p).weight();
+            std::copy(ab.first.data(), ab.first.data() + ab.first.size(), w.a().data());
+            std::copy(ab.second.data(), ab.second.data() + ab.second.size(), w.b().data());
+        }
+        auto g = t2::nn::make_gradients(model);
+        r.loss = t2::nn::forward_backward(ex, model, m.tokens, m.mask, g);
+        for (const auto& [name, ab] : c.ab) {
+            std::size_t layer = 0;
+            t2::nn::projection p{};
+            t2::nn::parse_matrix_name(name, layer, p);
+            const auto& gm = t2::nn::projection_of(g.blocks[layer], p);
+            r.grads.emplace_back(name + ".A", flat(gm.a));
+            r.grads.emplace_back(name + ".B", flat(gm.b));
+        }
+    }
+    return r;
+}
+
+std::string formatted(double e) {
+    std::ostringstream s;
+    s << std::scientific << std::setprecision(2) << e;
+    return s.str();
+}
+
+// Compares one executor's result with the reference; returns "<how> loss E grad E (tensor)".
+std::string compare(const grad_case& c, const std::string& how, const t2_result& got) {
+    const npy_array loss = read_npy(c.dir / "out" / "loss.npy");
+    REQUIRE(loss.data.size() == 1);
+    const double loss_error = std::abs(got.loss - loss.data[0]) / std::abs(loss.data[0]);
+    INFO(c.name << ", " << how << ": loss t2 " << std::setprecision(9) << got.loss << ", reference " << loss.data[0]);
+    CHECK(loss_error <= loss_tolerance);
+    double worst = 0;
+    std::string worst_name;
+    for (const auto& named : got.grads) {
+        const std::string& name = named.first; // not a structured binding: INFO captures it
+        const std::vector<float>& g = named.second;
+        const npy_array want = read_npy(c.dir / "out" / (name + ".npy"));
+        INFO(c.name << ", " << how << ": gradient of " << name);
+        REQUIRE(want.data.size() == g.size());
+        double diff = 0, norm = 0;
+        for (std::size_t i = 0; i < g.size(); ++i) {
+            diff += (double(g[i]) - want.data[i]) * (double(g[i]) - want.data[i]);
+            norm += want.data[i] * want.data[i];
+        }
+        const double error = std::isfinite(diff) ? std::sqrt(diff / norm) : INFINITY;
+        INFO("||t2 - ref|| / ||ref|| = " << error << " (tolerance " << grad_tolerance << "), ||ref|| = "
+                                         << std::sqrt(norm));
+        CHECK(norm > 0); // a vanishing gradient would pass trivially
+        CHECK(error <= grad_tolerance);
+        if (!(error <= worst)) {
+            worst = error;
+            worst_name = name;
+        }
+    }
+    return how + ": loss " + formatted(loss_error) + ", worst gradient " + formatted(worst) + " (" + worst_name +
+           ", " + std::to_string(got.grads.size()) + " tensors)";
+}
+
+// Runs the cases whose names start with one of the prefixes, after checking that the expected
+// ones are all there (a case that stopped being written must not pass unnoticed).
+void check_cases(const std::vector<std::string>& prefixes, const std::vector<std::string>& expected) {
+    const reference_set& set = references();
+    if (!set.error.empty())
+        FAIL(set.error);
+    std::vector<const grad_case*> selected;
+    for (const auto& c : set.cases)
+        if (std::any_of(prefixes.begin(), prefixes.end(), [&](const auto& p) { return c.name.starts_with(p); }))
+            selected.push_back(&c);
+    for (const auto& name : expected) {
+        INFO("no case " << name);
+        CHECK(std::any_of(selected.begin(), selected.end(), [&](auto* c) { return c->name == name; }));
+    }
+    std::ostringstream summary;
+    summary << "|loss_t2 - loss_ref| / |loss_ref|, and max over tensors of ||g_t2 - g_ref|| / ||g_ref|| "
+            << "(PyTorch reference for all cases: " << std::fixed << std::setprecision(1) << set.seconds << " s)\n";
+    const t2::exec::scalar scalar;
+#if T2_ENABLE_SIMD
+    const t2::exec::threads<t2::exec::simd<>> fast(t2_test::test_pool(2));
+    const std::string fast_name = "threads<simd> (2)";
+#else
+    const t2::exec::threads<t2::exec::scalar> fast(t2_test::test_pool(2));
+    const std::string fast_name = "threads<scalar> (2)";
+#endif
+    for (const grad_case* c : selected) {
+        CAPTURE(c->name);
+        try {
+            summary << "  " << c->name << "\n    " << compare(*c, "scalar", run_t2(scalar, *c)) << "\n    "
+                    << compare(*c, fast_name, run_t2(fast, *c)) << "\n";
+        } catch (const std::exception& e) {
+            FAIL_CHECK(c->name << ": " << std::string(e.what()));
+            summary << "  " << c->name << ": failed\n";
+        }
+    }
+    MESSAGE(summary.str());
+}
+
+} // namespace
+
+TEST_CASE("gradient parity with PyTorch autograd: stories260K (SVF, mixture, LoRA)") {
+    check_cases({"stories260K-"}, {"stories260K-svf-mlp-rescale", "stories260K-svf-all",
+                                   "stories260K-mixture-attn-per-layer-rescale", "stories260K-lora-qv"});
+}
+
+TEST_CASE("gradient parity with PyTorch autograd: random GQA, MQA and rotate-halves models") {
+    check_cases({"gqa-", "mqa-", "halves-"},
+                {"gqa-svf-all-rescale", "gqa-mixture-global", "gqa-lora-all", "mqa-svf-all-rescale",
+                 "mqa-mixture-per-layer", "mqa-lora-all", "halves-svf-all-rescale", "halves-mixture-global",
+                 "halves-lora-all"});
+}
