@@ -1,6 +1,7 @@
 // adapt::svd: reconstruction, orthogonality, ordering and the sign convention on random,
-// ill-conditioned, low-rank and edge-shaped matrices, in f64 and f32 working precision;
-// singular values against numpy.linalg.svd; bitwise agreement of every executor.
+// ill-conditioned, low-rank and edge-shaped matrices, for every method in f64 and f32 working
+// precision; singular values against numpy.linalg.svd (and LAPACK's sgesdd through
+// svd_lapack where the build has LAPACKE); bitwise agreement of every executor.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -11,6 +12,9 @@
 #include <vector>
 
 #include "t2/adapt/svd.hpp"
+#if T2_HAVE_LAPACKE
+#include "t2/adapt/svd_lapack.hpp"
+#endif
 
 #include "support/check.hpp"
 #include "support/executors.hpp"
@@ -19,8 +23,20 @@ namespace {
 
 using t2::matrix;
 using t2::vector;
+using t2::adapt::svd_method;
 using t2::adapt::svd_result;
 const t2::exec::scalar reference;
+constexpr svd_method methods[] = {svd_method::bidiagonal, svd_method::jacobi};
+
+const char* name(svd_method method) {
+    return method == svd_method::jacobi ? "jacobi" : "bidiagonal";
+}
+
+t2::adapt::svd_options with(svd_method method) {
+    t2::adapt::svd_options options;
+    options.method = method;
+    return options;
+}
 
 // Accuracy required of each working precision: the 1e-5 for f64 (measured: a
 // few 1e-8, the f32 rounding of the results); f32 work measures up to ~2e-6 here.
@@ -82,10 +98,11 @@ svd_errors check_structure(const matrix<float>& w, const svd_result& d) {
 }
 
 template <class Real>
-svd_result check_svd(const matrix<float>& w, const std::string& what) {
-    const svd_result d = t2::adapt::svd<Real>(reference, w);
+svd_result check_svd(const matrix<float>& w, const std::string& what, svd_method method) {
+    const svd_result d = t2::adapt::svd<Real>(reference, w, with(method));
     const svd_errors e = check_structure(w, d);
-    INFO(what, " ", w.extent(0), "x", w.extent(1), " Real=", sizeof(Real) == 8 ? "f64" : "f32",
+    INFO(what, " ", w.extent(0), "x", w.extent(1), " ", name(method),
+         " Real=", sizeof(Real) == 8 ? "f64" : "f32",
          ": reconstruction ", e.reconstruction, ", UtU-I ", e.u_orthogonality, ", VtV-I ",
          e.v_orthogonality);
     CHECK(e.reconstruction <= tolerance<Real>);
@@ -95,8 +112,9 @@ svd_result check_svd(const matrix<float>& w, const std::string& what) {
 }
 
 template <class Real>
-void check_both(const matrix<float>& w, const std::string& what) {
-    check_svd<Real>(w, what);
+void check_methods(const matrix<float>& w, const std::string& what) {
+    for (const svd_method method : methods)
+        check_svd<Real>(w, what, method);
 }
 
 // Orthonormal columns: modified Gram-Schmidt (twice) in double on a Gaussian n × k matrix,
@@ -167,18 +185,20 @@ TEST_CASE_TEMPLATE("svd of random matrices: tall, wide and square", Real, double
     const std::size_t shapes[][2] = {{40, 30}, {30, 40}, {48, 48}, {17, 5}, {5, 17}, {33, 31}};
     std::uint64_t seed = 1;
     for (const auto& s : shapes)
-        check_both<Real>(t2_test::random_matrix(s[0], s[1], seed++), "random");
+        check_methods<Real>(t2_test::random_matrix(s[0], s[1], seed++), "random");
 }
 
 TEST_CASE_TEMPLATE("svd of an ill-conditioned matrix (condition 1e6)", Real, double, float) {
     for (const auto& s : {std::array<std::size_t, 2>{40, 30}, std::array<std::size_t, 2>{30, 40}}) {
         std::vector<double> sigma;
         const matrix<float> w = with_singular_values(s[0], s[1], 1e-6, sigma);
-        const svd_result d = check_svd<Real>(w, "ill-conditioned");
-        // W itself is rounded to f32, which moves each σ by up to about ‖δW‖₂ ≈ 1e-7 (Weyl).
-        for (std::size_t k = 0; k < sigma.size(); ++k) {
-            INFO("sigma[", k, "] = ", d.sigma[k], ", built with ", sigma[k]);
-            CHECK(std::abs(d.sigma[k] - sigma[k]) <= tolerance<Real> * 0.1 * sigma[0]);
+        for (const svd_method method : methods) {
+            const svd_result d = check_svd<Real>(w, "ill-conditioned", method);
+            // W itself is rounded to f32, which moves each σ by up to about ‖δW‖₂ ≈ 1e-7 (Weyl).
+            for (std::size_t k = 0; k < sigma.size(); ++k) {
+                INFO(name(method), " sigma[", k, "] = ", d.sigma[k], ", built with ", sigma[k]);
+                CHECK(std::abs(d.sigma[k] - sigma[k]) <= tolerance<Real> * 0.1 * sigma[0]);
+            }
         }
     }
 }
@@ -195,56 +215,64 @@ TEST_CASE_TEMPLATE("svd of a rank-3 40x30 matrix", Real, double, float) {
             for (std::size_t i = 0; i < 40; ++i)
                 for (std::size_t j = 0; j < 30; ++j)
                     x(j, i) = w(i, j);
-        const svd_result d = check_svd<Real>(x, transpose ? "rank 3 (wide)" : "rank 3");
-        CHECK(d.sigma[2] > 0.1 * d.sigma[0]);
-        for (std::size_t k = 3; k < 30; ++k) {
-            INFO("sigma[", k, "] = ", d.sigma[k]);
-            CHECK(d.sigma[k] <= 1e-6 * d.sigma[0]); // only the f32 rounding of W
+        for (const svd_method method : methods) {
+            const svd_result d = check_svd<Real>(x, transpose ? "rank 3 (wide)" : "rank 3", method);
+            CHECK(d.sigma[2] > 0.1 * d.sigma[0]);
+            for (std::size_t k = 3; k < 30; ++k) {
+                INFO(name(method), " sigma[", k, "] = ", d.sigma[k]);
+                CHECK(d.sigma[k] <= 1e-6 * d.sigma[0]); // only the f32 rounding of W
+            }
         }
     }
 }
 
 TEST_CASE_TEMPLATE("svd of edge shapes", Real, double, float) {
-    check_both<Real>(t2_test::random_matrix(1, 9, 31), "1xn");
-    check_both<Real>(t2_test::random_matrix(9, 1, 32), "nx1");
-    check_both<Real>(t2_test::random_matrix(1, 1, 33), "1x1");
-    {
-        matrix<float> w(1, 1);
-        w(0, 0) = -2.5f;
-        const svd_result d = check_svd<Real>(w, "negative 1x1");
-        CHECK(d.sigma[0] == 2.5f);
-        CHECK(d.u(0, 0) == 1.0f);
-        CHECK(d.v(0, 0) == -1.0f);
-    }
-    for (const auto& s : {std::array<std::size_t, 2>{5, 3}, std::array<std::size_t, 2>{3, 5},
-                          std::array<std::size_t, 2>{4, 4}, std::array<std::size_t, 2>{1, 6}}) {
-        const matrix<float> zero(s[0], s[1]);
-        const svd_result d = check_svd<Real>(zero, "all-zero");
-        for (std::size_t k = 0; k < d.sigma.size(); ++k)
-            CHECK(d.sigma[k] == 0.0f);
-    }
-    {
-        // One zero column among nonzero ones: σ = 0 and a completed, orthogonal U column.
-        matrix<float> w = t2_test::random_matrix(6, 4, 34);
-        for (std::size_t i = 0; i < 6; ++i)
-            w(i, 1) = 0;
-        const svd_result d = check_svd<Real>(w, "zero column");
-        CHECK(d.sigma[3] == 0.0f);
-        CHECK(d.sigma[2] > 0.0f);
-    }
-    {
-        // Equal singular values: any orthonormal basis is right; the checks are the
-        // reconstruction, orthogonality and the sign convention.
-        matrix<float> rot(2, 2);
-        rot(0, 0) = 1.2f, rot(0, 1) = -1.6f, rot(1, 0) = 1.6f, rot(1, 1) = 1.2f; // 2·rotation
-        const svd_result d = check_svd<Real>(rot, "2x2 equal sigma");
-        CHECK(std::abs(d.sigma[0] - 2.0f) <= 1e-6f);
-        CHECK(std::abs(d.sigma[1] - 2.0f) <= 1e-6f);
-        matrix<float> eye(2, 2);
-        eye(0, 0) = eye(1, 1) = 1;
-        const svd_result e = check_svd<Real>(eye, "identity");
-        CHECK(e.sigma[0] == 1.0f);
-        CHECK(e.sigma[1] == 1.0f);
+    check_methods<Real>(t2_test::random_matrix(1, 9, 31), "1xn");
+    check_methods<Real>(t2_test::random_matrix(9, 1, 32), "nx1");
+    check_methods<Real>(t2_test::random_matrix(1, 1, 33), "1x1");
+    for (const svd_method method : methods) {
+        CAPTURE(name(method));
+        {
+            matrix<float> w(1, 1);
+            w(0, 0) = -2.5f;
+            const svd_result d = check_svd<Real>(w, "negative 1x1", method);
+            CHECK(d.sigma[0] == 2.5f);
+            CHECK(d.u(0, 0) == 1.0f);
+            CHECK(d.v(0, 0) == -1.0f);
+        }
+        for (const auto& s : {std::array<std::size_t, 2>{5, 3}, std::array<std::size_t, 2>{3, 5},
+                              std::array<std::size_t, 2>{4, 4}, std::array<std::size_t, 2>{1, 6}}) {
+            const matrix<float> zero(s[0], s[1]);
+            const svd_result d = check_svd<Real>(zero, "all-zero", method);
+            for (std::size_t k = 0; k < d.sigma.size(); ++k)
+                CHECK(d.sigma[k] == 0.0f);
+        }
+        {
+            // One zero column among nonzero ones: a completed, orthogonal U column whose σ is
+            // exactly 0 from Jacobi and rounding noise from the bidiagonal method.
+            matrix<float> w = t2_test::random_matrix(6, 4, 34);
+            for (std::size_t i = 0; i < 6; ++i)
+                w(i, 1) = 0;
+            const svd_result d = check_svd<Real>(w, "zero column", method);
+            if (method == svd_method::jacobi)
+                CHECK(d.sigma[3] == 0.0f);
+            CHECK(d.sigma[3] <= 1e-6f * d.sigma[0]);
+            CHECK(d.sigma[2] > 0.0f);
+        }
+        {
+            // Equal singular values: any orthonormal basis is right; the checks are the
+            // reconstruction, orthogonality and the sign convention.
+            matrix<float> rot(2, 2);
+            rot(0, 0) = 1.2f, rot(0, 1) = -1.6f, rot(1, 0) = 1.6f, rot(1, 1) = 1.2f; // 2·rotation
+            const svd_result d = check_svd<Real>(rot, "2x2 equal sigma", method);
+            CHECK(std::abs(d.sigma[0] - 2.0f) <= 1e-6f);
+            CHECK(std::abs(d.sigma[1] - 2.0f) <= 1e-6f);
+            matrix<float> eye(2, 2);
+            eye(0, 0) = eye(1, 1) = 1;
+            const svd_result e = check_svd<Real>(eye, "identity", method);
+            CHECK(e.sigma[0] == 1.0f);
+            CHECK(e.sigma[1] == 1.0f);
+        }
     }
     {
         // Magnitudes far from 1 in both directions: the power-of-two prescaling.
@@ -253,18 +281,19 @@ TEST_CASE_TEMPLATE("svd of edge shapes", Real, double, float) {
             big[i] *= 1e30f;
             tiny[i] *= 1e-30f;
         }
-        check_both<Real>(big, "huge entries");
-        check_both<Real>(tiny, "tiny entries");
+        check_methods<Real>(big, "huge entries");
+        check_methods<Real>(tiny, "tiny entries");
     }
     for (const auto& s : {std::array<std::size_t, 2>{0, 5}, std::array<std::size_t, 2>{5, 0},
-                          std::array<std::size_t, 2>{0, 0}}) {
-        const svd_result d = t2::adapt::svd<Real>(reference, matrix<float>(s[0], s[1]));
-        CHECK(d.u.extent(0) == s[0]);
-        CHECK(d.v.extent(0) == s[1]);
-        CHECK(d.u.extent(1) == 0);
-        CHECK(d.v.extent(1) == 0);
-        CHECK(d.sigma.size() == 0);
-    }
+                          std::array<std::size_t, 2>{0, 0}})
+        for (const svd_method method : methods) {
+            const svd_result d = t2::adapt::svd<Real>(reference, matrix<float>(s[0], s[1]), with(method));
+            CHECK(d.u.extent(0) == s[0]);
+            CHECK(d.v.extent(0) == s[1]);
+            CHECK(d.u.extent(1) == 0);
+            CHECK(d.v.extent(1) == 0);
+            CHECK(d.sigma.size() == 0);
+        }
 }
 
 TEST_CASE("svd singular values match numpy.linalg.svd") {
@@ -290,19 +319,20 @@ TEST_CASE("svd singular values match numpy.linalg.svd") {
          {1.125673587761e+00, 1.000007887508e-03, 1.000003914535e-03, 1.000000252996e-03,
           9.999881419149e-04, 9.958482491484e-04}},
     };
-    for (const auto& c : cases) {
-        const matrix<float> w = from_formula(c.n, c.m, c.f);
-        const svd_result d = check_svd<double>(w, "numpy case");
-        const svd_result df = check_svd<float>(w, "numpy case");
-        for (std::size_t k = 0; k < c.sigma.size(); ++k) {
-            // Relative to σ itself, or to σ_max for values near the rounding level of W.
-            const double scale = std::max(c.sigma[k], 1e-2 * c.sigma[0]);
-            INFO(c.n, "x", c.m, " sigma[", k, "] = ", d.sigma[k], " (f32 work: ", df.sigma[k],
-                 "), numpy ", c.sigma[k]);
-            CHECK(std::abs(d.sigma[k] - c.sigma[k]) <= 1e-5 * scale);
-            CHECK(std::abs(df.sigma[k] - c.sigma[k]) <= 1e-5 * scale);
+    for (const auto& c : cases)
+        for (const svd_method method : methods) {
+            const matrix<float> w = from_formula(c.n, c.m, c.f);
+            const svd_result d = check_svd<double>(w, "numpy case", method);
+            const svd_result df = check_svd<float>(w, "numpy case", method);
+            for (std::size_t k = 0; k < c.sigma.size(); ++k) {
+                // Relative to σ itself, or to σ_max for values near the rounding level of W.
+                const double scale = std::max(c.sigma[k], 1e-2 * c.sigma[0]);
+                INFO(c.n, "x", c.m, " ", name(method), " sigma[", k, "] = ", d.sigma[k],
+                     " (f32 work: ", df.sigma[k], "), numpy ", c.sigma[k]);
+                CHECK(std::abs(d.sigma[k] - c.sigma[k]) <= 1e-5 * scale);
+                CHECK(std::abs(df.sigma[k] - c.sigma[k]) <= 1e-5 * scale);
+            }
         }
-    }
 }
 
 TEST_CASE_TEMPLATE("svd gives bitwise equal results on every executor", Real, double, float) {
@@ -310,19 +340,34 @@ TEST_CASE_TEMPLATE("svd gives bitwise equal results on every executor", Real, do
     std::uint64_t seed = 41;
     for (const auto& s : shapes) {
         const matrix<float> w = t2_test::random_matrix(s[0], s[1], seed++);
-        const svd_result want = t2::adapt::svd<Real>(reference, w);
-        t2_test::for_each_executor([&](const auto& ex, const std::string& name) {
-            INFO(name, " on ", s[0], "x", s[1]);
-            CHECK(bitwise_equal(t2::adapt::svd<Real>(ex, w), want));
-        });
+        for (const svd_method method : methods) {
+            const svd_result want = t2::adapt::svd<Real>(reference, w, with(method));
+            t2_test::for_each_executor([&](const auto& ex, const std::string& executor) {
+                INFO(executor, " ", name(method), " on ", s[0], "x", s[1]);
+                CHECK(bitwise_equal(t2::adapt::svd<Real>(ex, w, with(method)), want));
+            });
+        }
     }
-    // Big enough that a round's block pairs are split over the pool (small matrices run as
-    // one task): threads<scalar> on 2 and 3 threads (3 splits unevenly).
+    // Big enough that the work is split over the pool (small matrices run as one task):
+    // threads<scalar> on 2 and 3 threads (3 splits unevenly).
     for (const auto& s : {std::array<std::size_t, 2>{96, 70}, std::array<std::size_t, 2>{70, 96}}) {
+        const matrix<float> w = t2_test::random_matrix(s[0], s[1], seed++);
+        for (const svd_method method : methods) {
+            const svd_result want = t2::adapt::svd<Real>(reference, w, with(method));
+            for (const std::size_t threads : {2, 3}) {
+                INFO(threads, " threads, ", name(method), " on ", s[0], "x", s[1]);
+                const t2::exec::threads<t2::exec::scalar> ex(t2_test::test_pool(threads));
+                CHECK(bitwise_equal(t2::adapt::svd<Real>(ex, w, with(method)), want));
+            }
+        }
+    }
+    // The bidiagonal method splits columns and 256-row chunks, which needs a few hundred of
+    // each before a task is worth it.
+    for (const auto& s : {std::array<std::size_t, 2>{300, 200}, std::array<std::size_t, 2>{200, 300}}) {
         const matrix<float> w = t2_test::random_matrix(s[0], s[1], seed++);
         const svd_result want = t2::adapt::svd<Real>(reference, w);
         for (const std::size_t threads : {2, 3}) {
-            INFO(threads, " threads on ", s[0], "x", s[1]);
+            INFO(threads, " threads, bidiagonal on ", s[0], "x", s[1]);
             const t2::exec::threads<t2::exec::scalar> ex(t2_test::test_pool(threads));
             CHECK(bitwise_equal(t2::adapt::svd<Real>(ex, w), want));
         }
@@ -337,7 +382,7 @@ TEST_CASE("svd rejects bad input and reports non-convergence") {
     CHECK_THROWS_AS(t2::adapt::svd(reference, w), t2::error);
 
     const matrix<float> x = t2_test::random_matrix(30, 30, 52);
-    t2::adapt::svd_options one_sweep;
+    t2::adapt::svd_options one_sweep = with(svd_method::jacobi);
     one_sweep.max_sweeps = 1;
     CHECK_THROWS_AS(t2::adapt::svd(reference, x, one_sweep), t2::error);
     t2::adapt::svd_options bad;
@@ -347,3 +392,32 @@ TEST_CASE("svd rejects bad input and reports non-convergence") {
     bad.tolerance = -1;
     CHECK_THROWS_AS(t2::adapt::svd(reference, x, bad), t2::error);
 }
+
+#if T2_HAVE_LAPACKE
+TEST_CASE("svd agrees with LAPACK's sgesdd (svd_lapack)") {
+    const std::size_t shapes[][2] = {{64, 48}, {48, 64}, {50, 50}, {1, 7}};
+    std::uint64_t seed = 61;
+    for (const auto& s : shapes) {
+        const matrix<float> w = t2_test::random_matrix(s[0], s[1], seed++);
+        const svd_result lapack = t2::adapt::svd_lapack(w);
+        const svd_errors e = check_structure(w, lapack);
+        INFO("sgesdd ", s[0], "x", s[1], ": reconstruction ", e.reconstruction, ", UtU-I ",
+             e.u_orthogonality, ", VtV-I ", e.v_orthogonality);
+        CHECK(e.reconstruction <= 1e-5);
+        CHECK(e.u_orthogonality <= 1e-5);
+        CHECK(e.v_orthogonality <= 1e-5);
+        for (const svd_method method : methods) {
+            const svd_result d = t2::adapt::svd(reference, w, with(method));
+            for (std::size_t k = 0; k < d.sigma.size(); ++k) {
+                INFO(name(method), " ", s[0], "x", s[1], " sigma[", k, "] = ", d.sigma[k],
+                     ", sgesdd ", lapack.sigma[k]);
+                CHECK(std::abs(d.sigma[k] - lapack.sigma[k]) <= 1e-5 * lapack.sigma[0]);
+            }
+        }
+    }
+    matrix<float> bad = t2_test::random_matrix(3, 3, 69);
+    bad(1, 1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(t2::adapt::svd_lapack(bad), t2::error);
+    CHECK(t2::adapt::svd_lapack(matrix<float>(0, 4)).sigma.size() == 0);
+}
+#endif
