@@ -155,7 +155,7 @@ TEST_CASE("parameters: the paper's counts for Llama-3-8B's shapes") {
 
 TEST_CASE("svf: composed and factored are the definition, with and without rescaling") {
     const t2::exec::simd<> ex;
-    for (const auto [out, in, T] : {std::tuple{7, 5, 3}, {5, 9, 1}, {16, 16, 4}, {33, 17, 2}}) {
+    for (const auto& [out, in, T] : {std::tuple{7, 5, 3}, {5, 9, 1}, {16, 16, 4}, {33, 17, 2}}) {
         const matrix<float> w = t2_test::random_matrix(out, in, 11 + out);
         const matrix<float> x = t2_test::random_matrix(T, in, 12 + in);
         const auto f = factors_of(w);
@@ -351,12 +351,13 @@ TEST_CASE("decomposition and experts: stories260K end to end through files") {
     const auto ckpt = t2::io::load_checkpoint(T2_SHARED_MODELS_DIR "/stories260K.bin");
     const t2::exec::simd<> ex;
     std::vector<std::string> progress;
-    const auto d = t2::adapt::decompose(ex, ckpt.config, ckpt.weights, t2::adapt::selection::mlp(),
-                                        {.progress = [&](std::size_t done, std::size_t total, const std::string& name) {
-                                            CHECK(total == 15);
-                                            CHECK(done == progress.size());
-                                            progress.push_back(name);
-                                        }});
+    t2::adapt::decompose_options options;
+    options.progress = [&](std::size_t done, std::size_t total, const std::string& name) {
+        CHECK(total == 15);
+        CHECK(done == progress.size());
+        progress.push_back(name);
+    };
+    const auto d = t2::adapt::decompose(ex, ckpt.config, ckpt.weights, t2::adapt::selection::mlp(), options);
     REQUIRE(d.matrices.size() == 15);
     CHECK(progress.size() == 16);
     CHECK(d.base_model_hash == t2::adapt::weights_hash(ckpt.config, ckpt.weights));
