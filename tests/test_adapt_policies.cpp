@@ -155,7 +155,9 @@ TEST_CASE("parameters: the paper's counts for Llama-3-8B's shapes") {
 
 TEST_CASE("svf: composed and factored are the definition, with and without rescaling") {
     const t2::exec::simd<> ex;
-    for (const auto& [out, in, T] : {std::tuple{7, 5, 3}, {5, 9, 1}, {16, 16, 4}, {33, 17, 2}}) {
+    for (const auto& shape : {std::tuple{7, 5, 3}, {5, 9, 1}, {16, 16, 4}, {33, 17, 2}}) {
+        const auto [out, in, T] = shape;
+        const int rows = out, cols = in; // doctest's CAPTURE cannot take structured bindings
         const matrix<float> w = t2_test::random_matrix(out, in, 11 + out);
         const matrix<float> x = t2_test::random_matrix(T, in, 12 + in);
         const auto f = factors_of(w);
@@ -166,8 +168,8 @@ TEST_CASE("svf: composed and factored are the definition, with and without resca
         for (const bool rescale : {false, true}) {
             const auto want = adapted_matrix(f, doubles(z), rescale);
             for (const auto mode : {t2::adapt::svf_mode::composed, t2::adapt::svf_mode::factored}) {
-                CAPTURE(out);
-                CAPTURE(in);
+                CAPTURE(rows);
+                CAPTURE(cols);
                 CAPTURE(rescale);
                 const int mode_index = int(mode);
                 CAPTURE(mode_index);
