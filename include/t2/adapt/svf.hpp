@@ -82,9 +82,6 @@ public:
                  " singular values");
         z_.assign(rank(), 1.f);
         update_scales();
-        mode_ = options_.mode == svf_mode::composed ? svf_mode::composed : svf_mode::factored;
-        if (mode_ == svf_mode::composed)
-            compose(exec::scalar{});
     }
 
     bool adapted() const noexcept { return adapted_; }
@@ -100,7 +97,8 @@ public:
     std::span<const float> z() const noexcept { return z_; }
     // σ ⊙ z · c: the singular values of W'.
     std::span<const float> scales() const noexcept { return scales_; }
-    // How forward() runs now: composed or factored.
+    // How forward() runs now: composed or factored. Until the first set_z (z = 1) it runs
+    // factored whatever the options say: composing needs an executor, which set_z has.
     svf_mode mode() const noexcept { return mode_; }
 
     // Sets the expert vector. `tokens` is how many tokens the caller will run before the
