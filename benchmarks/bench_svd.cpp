@@ -1,9 +1,13 @@
 // adapt::svd next to LAPACK's sgesdd (OpenBLAS's LAPACKE, when installed) at the same shapes,
 // in the same binary, and the decomposition of every weight of the stories110M shape.
 //
-// Names: svd/<impl>/<threads>/<N>/<M>, impl ∈ {t2_f64, t2_f32, t2_jacobi, sgesdd}: t2 with
-// Real = double or float (method bidiagonal) on threads<simd<>> over a pool of <threads>,
-// t2's one-sided Jacobi (Real = double), and LAPACKE_sgesdd with OpenBLAS on <threads>.
+// Names: svd/<impl>/<threads>/<N>/<M>, impl ∈ {t2_f64, dgesdd, t2_f32, sgesdd, t2_jacobi}: t2
+// with Real = double or float (method bidiagonal) on threads<simd<>> over a pool of <threads>,
+// LAPACKE_dgesdd / LAPACKE_sgesdd with OpenBLAS on <threads> (dgesdd on W widened to f64: the
+// like of t2_f64, as sgesdd is of t2_f32), and t2's one-sided Jacobi (Real = double). Each
+// t2 variant is registered next to its LAPACK counterpart; run with
+// --benchmark_enable_random_interleaving=true so that repetitions of all of them alternate and
+// share the machine's load.
 // svd_stories110m/<impl>/<threads>: all 84 matrices of stories110M (12 layers × wq, wk, wv,
 // wo [768 × 768], w1, w3 [2048 × 768], w2 [768 × 2048]), one after the other.
 #include <benchmark/benchmark.h>
@@ -29,7 +33,7 @@ namespace {
 using t2_bench::pool;
 using t2_bench::random_matrix;
 
-enum class impl { t2_f64, t2_f32, t2_jacobi, sgesdd };
+enum class impl { t2_f64, dgesdd, t2_f32, sgesdd, t2_jacobi };
 
 const char* impl_name(impl which) {
     switch (which) {
@@ -37,6 +41,7 @@ const char* impl_name(impl which) {
     case impl::t2_f32: return "t2_f32";
     case impl::t2_jacobi: return "t2_jacobi";
     case impl::sgesdd: return "sgesdd";
+    case impl::dgesdd: return "dgesdd";
     }
     return "";
 }
@@ -49,11 +54,12 @@ t2::adapt::svd_result decompose(impl which, int threads, const t2::matrix<float>
     case impl::t2_jacobi:
         return t2::adapt::svd<double>(ex, w, {.method = t2::adapt::svd_method::jacobi});
     case impl::sgesdd:
+    case impl::dgesdd:
 #if T2_HAVE_LAPACKE
 #if T2_HAVE_OPENBLAS
         openblas_set_num_threads(threads);
 #endif
-        return t2::adapt::svd_lapack(w);
+        return which == impl::sgesdd ? t2::adapt::svd_lapack<float>(w) : t2::adapt::svd_lapack<double>(w);
 #else
         break;
 #endif
@@ -88,15 +94,16 @@ void svd_stories110m(benchmark::State& state, impl which, int threads) {
 }
 
 void register_all() {
-    std::vector<impl> impls{impl::t2_f64, impl::t2_f32};
 #if T2_HAVE_LAPACKE
-    impls.push_back(impl::sgesdd);
+    const std::vector<impl> impls{impl::t2_f64, impl::dgesdd, impl::t2_f32, impl::sgesdd};
+#else
+    const std::vector<impl> impls{impl::t2_f64, impl::t2_f32};
 #endif
     const std::pair<std::size_t, std::size_t> shapes[] = {
         {256, 256}, {512, 512}, {1024, 1024}, {2048, 2048}, {768, 2048}, {2048, 768}};
     for (int threads : {1, 2})
-        for (impl which : impls)
-            for (const auto& [n, m] : shapes) {
+        for (const auto& [n, m] : shapes)
+            for (impl which : impls) {
                 const std::string name = std::string("svd/") + impl_name(which) + "/" +
                                          std::to_string(threads) + "/" + std::to_string(n) + "/" +
                                          std::to_string(m);

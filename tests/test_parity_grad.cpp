@@ -18,7 +18,6 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -35,11 +34,9 @@
 #include <utility>
 #include <vector>
 
-#if __has_include(<sys/wait.h>)
-#include <sys/wait.h>
-#endif
 
 #include "support/check.hpp"
+#include "support/python_reference.hpp"
 #include "support/executors.hpp"
 #include "t2/adapt/model.hpp"
 #include "t2/io/adapter_files.hpp"
@@ -95,21 +92,6 @@ struct reference_set {
     std::string error; // why there are none
     double seconds = 0; // the script's run time
 };
-
-std::string read_text(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-
-// A POSIX shell word.
-std::string quoted(const std::string& s) {
-    std::string out = "'";
-    for (char c : s)
-        out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return out + "'";
-}
 
 template <class T>
 std::string joined(const std::vector<T>& values) {
@@ -343,25 +325,11 @@ reference_set prepare() {
         return set;
     }
 
-    const char* env = std::getenv("T2_PYTHON");
-    const std::string python = env && *env ? env : "/usr/bin/python3";
-    const fs::path log = dir / "python.log";
-    const std::string command = quoted(python) + " " + quoted(script) + " batch " +
-                                quoted((dir / "manifest.txt").string()) + " > " + quoted(log.string()) + " 2>&1";
-    const auto start = std::chrono::steady_clock::now();
-    const int status = std::system(command.c_str());
-    set.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (status != 0) {
-#if __has_include(<sys/wait.h>)
-        const std::string how = WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
-                                                  : "wait status " + std::to_string(status);
-#else
-        const std::string how = "status " + std::to_string(status);
-#endif
-        set.error = "the PyTorch reference failed (" + python + " " + script + " batch, " + how +
-                    "). Its output:\n" + read_text(log) +
-                    "\nThe parity tests need Python 3 with torch and numpy (Debian: apt install "
-                    "python3-torch python3-numpy; or set T2_PYTHON to such a python).";
+    const auto run = t2_test::run_python_script(
+        script, "batch " + t2_test::shell_quoted((dir / "manifest.txt").string()), dir / "python.log");
+    set.seconds = run.seconds;
+    if (!run.error.empty()) {
+        set.error = run.error;
         set.cases.clear();
     }
     return set;
@@ -371,48 +339,6 @@ reference_set prepare() {
 const reference_set& references() {
     static const reference_set set = prepare();
     return set;
-}
-
-// A little-endian float64 C-order .npy file (what the script writes: np.save, version 1).
-struct npy_array {
-    std::vector<std::size_t> shape;
-    std::vector<double> data;
-};
-
-npy_array read_npy(const fs::path& path) {
-    const std::string bytes = read_text(path);
-    const auto fail = [&](const std::string& what) { throw std::runtime_error(path.string() + ": " + what); };
-    if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
-        fail("missing or not a .npy file");
-    if (bytes[6] != 1)
-        fail(".npy version " + std::to_string(int(bytes[6])) + " (the script writes version 1)");
-    const std::size_t header_len =
-        std::size_t(static_cast<unsigned char>(bytes[8])) | std::size_t(static_cast<unsigned char>(bytes[9])) << 8;
-    const std::size_t data_at = 10 + header_len;
-    if (data_at > bytes.size())
-        fail("truncated header");
-    const std::string header = bytes.substr(10, header_len);
-    if (header.find("'descr': '<f8'") == std::string::npos ||
-        header.find("'fortran_order': False") == std::string::npos)
-        fail("not little-endian float64 in C order: " + header);
-    const auto at = header.find("'shape': (");
-    const auto end = header.find(')', at);
-    if (at == std::string::npos || end == std::string::npos)
-        fail("no shape in the header");
-    npy_array a;
-    std::istringstream dims(header.substr(at + 10, end - at - 10));
-    std::size_t count = 1;
-    for (std::string d; std::getline(dims, d, ',');)
-        if (d.find_first_not_of(' ') != std::string::npos) {
-            a.shape.push_back(std::stoul(d));
-            count *= a.shape.back();
-        }
-    if (bytes.size() - data_at != count * 8)
-        fail("holds " + std::to_string(bytes.size() - data_at) + " bytes of data, its shape needs " +
-             std::to_string(count * 8));
-    a.data.resize(count);
-    std::memcpy(a.data.data(), bytes.data() + data_at, count * 8);
-    return a;
 }
 
 // t2's loss and gradients, named as the reference names them.
@@ -489,7 +415,7 @@ std::string formatted(double e) {
 
 // Compares one executor's result with the reference; returns "<how> loss E grad E (tensor)".
 std::string compare(const grad_case& c, const std::string& how, const t2_result& got) {
-    const npy_array loss = read_npy(c.dir / "out" / "loss.npy");
+    const t2_test::npy_array loss = t2_test::read_npy(c.dir / "out" / "loss.npy");
     REQUIRE(loss.data.size() == 1);
     const double loss_error = std::abs(got.loss - loss.data[0]) / std::abs(loss.data[0]);
     INFO(c.name << ", " << how << ": loss t2 " << std::setprecision(9) << got.loss << ", reference " << loss.data[0]);
@@ -499,7 +425,7 @@ std::string compare(const grad_case& c, const std::string& how, const t2_result&
     for (const auto& named : got.grads) {
         const std::string& name = named.first; // not a structured binding: INFO captures it
         const std::vector<float>& g = named.second;
-        const npy_array want = read_npy(c.dir / "out" / (name + ".npy"));
+        const t2_test::npy_array want = t2_test::read_npy(c.dir / "out" / (name + ".npy"));
         INFO(c.name << ", " << how << ": gradient of " << name);
         REQUIRE(want.data.size() == g.size());
         double diff = 0, norm = 0;

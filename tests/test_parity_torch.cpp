@@ -15,7 +15,6 @@
 // Python that can import torch the tests fail, saying so: CI installs Debian's python3-torch.
 // T2_PYTHON in the environment overrides /usr/bin/python3.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -28,11 +27,9 @@
 #include <string>
 #include <vector>
 
-#if __has_include(<sys/wait.h>)
-#include <sys/wait.h>
-#endif
 
 #include "support/check.hpp"
+#include "support/python_reference.hpp"
 #include "support/executors.hpp"
 #include "t2/io/gguf.hpp"
 #include "t2/io/huggingface.hpp"
@@ -60,21 +57,6 @@ struct reference_set {
     double seconds = 0;
 };
 
-std::string read_text(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-
-// A POSIX shell word.
-std::string quoted(const std::string& s) {
-    std::string out = "'";
-    for (char c : s)
-        out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return out + "'";
-}
-
 std::vector<std::int32_t> parse_tokens(const std::string& text) {
     std::vector<std::int32_t> ids;
     std::istringstream in(text);
@@ -89,27 +71,14 @@ reference_set run_reference() {
     std::error_code ec;
     fs::remove_all(dir, ec);
     fs::create_directories(dir);
-    const char* env = std::getenv("T2_PYTHON");
-    const std::string python = env && *env ? env : "/usr/bin/python3";
-    const fs::path log = dir / "python.log";
-    const std::string command = quoted(python) + " " + quoted(script) + " batch --dir " +
-                                quoted(dir.string()) + " --stories " +
-                                quoted(std::string(T2_SHARED_MODELS_DIR) + "/stories260K.bin") +
-                                " > " + quoted(log.string()) + " 2>&1";
-    const auto start = std::chrono::steady_clock::now();
-    const int status = std::system(command.c_str());
-    set.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (status != 0) {
-#if __has_include(<sys/wait.h>)
-        const std::string how = WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
-                                                  : "wait status " + std::to_string(status);
-#else
-        const std::string how = "status " + std::to_string(status);
-#endif
-        set.error = "the PyTorch reference failed (" + python + " " + script + " batch, " + how +
-                    "). Its output:\n" + read_text(log) +
-                    "\nThe parity tests need Python 3 with torch and numpy (Debian: apt install "
-                    "python3-torch python3-numpy; or set T2_PYTHON to such a python).";
+    const auto run = t2_test::run_python_script(
+        script,
+        "batch --dir " + t2_test::shell_quoted(dir.string()) + " --stories " +
+            t2_test::shell_quoted(std::string(T2_SHARED_MODELS_DIR) + "/stories260K.bin"),
+        dir / "python.log");
+    set.seconds = run.seconds;
+    if (!run.error.empty()) {
+        set.error = run.error;
         return set;
     }
     std::ifstream manifest(dir / "manifest.txt");
@@ -135,69 +104,6 @@ reference_set run_reference() {
 const reference_set& references() {
     static const reference_set set = run_reference();
     return set;
-}
-
-// A float64 or float32 little-endian C-order .npy file (format versions 1 to 3).
-struct npy_array {
-    std::vector<std::size_t> shape;
-    std::vector<double> data;
-};
-
-npy_array read_npy(const std::string& path) {
-    const std::string bytes = read_text(path);
-    const auto fail = [&](const std::string& what) { throw std::runtime_error(path + ": " + what); };
-    if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
-        fail("not a .npy file");
-    const auto byte = [&](std::size_t i) { return std::size_t(static_cast<unsigned char>(bytes[i])); };
-    const std::size_t major = byte(6);
-    std::size_t header_len = 0, data_at = 0;
-    if (major == 1) {
-        header_len = byte(8) | byte(9) << 8;
-        data_at = 10 + header_len;
-    } else if ((major == 2 || major == 3) && bytes.size() >= 12) {
-        header_len = byte(8) | byte(9) << 8 | byte(10) << 16 | byte(11) << 24;
-        data_at = 12 + header_len;
-    } else {
-        fail(".npy version " + std::to_string(major) + " is not supported");
-    }
-    if (data_at > bytes.size())
-        fail("truncated header");
-    const std::string header = bytes.substr(data_at - header_len, header_len);
-    std::size_t item = 0;
-    if (header.find("'descr': '<f8'") != std::string::npos)
-        item = 8;
-    else if (header.find("'descr': '<f4'") != std::string::npos)
-        item = 4;
-    else
-        fail("dtype is not little-endian float64 or float32: " + header);
-    if (header.find("'fortran_order': False") == std::string::npos)
-        fail("not in C order");
-    const auto at = header.find("'shape': (");
-    const auto end = header.find(')', at);
-    if (at == std::string::npos || end == std::string::npos)
-        fail("no shape in the header");
-    npy_array a;
-    std::istringstream dims(header.substr(at + 10, end - at - 10));
-    std::size_t count = 1;
-    for (std::string d; std::getline(dims, d, ',');)
-        if (d.find_first_not_of(' ') != std::string::npos) {
-            a.shape.push_back(std::stoul(d));
-            count *= a.shape.back();
-        }
-    if (bytes.size() - data_at != count * item)
-        fail("holds " + std::to_string(bytes.size() - data_at) + " bytes of data, its shape needs " +
-             std::to_string(count * item));
-    a.data.resize(count);
-    for (std::size_t i = 0; i < count; ++i) {
-        if (item == 8) {
-            std::memcpy(&a.data[i], bytes.data() + data_at + 8 * i, 8);
-        } else {
-            float f;
-            std::memcpy(&f, bytes.data() + data_at + 4 * i, 4);
-            a.data[i] = f;
-        }
-    }
-    return a;
 }
 
 t2::io::checkpoint load(const parity_case& c) {
@@ -235,7 +141,7 @@ struct parity_error {
     std::size_t position = 0;
 };
 
-parity_error compare(const std::vector<float>& got, const npy_array& ref) {
+parity_error compare(const std::vector<float>& got, const t2_test::npy_array& ref) {
     const std::size_t T = ref.shape[0], V = ref.shape[1];
     if (got.size() != T * V)
         throw std::runtime_error("t2 returned " + std::to_string(got.size()) + " logits, expected " +
@@ -267,7 +173,7 @@ std::string formatted(double e) {
 std::string check_case(const parity_case& c) {
     CAPTURE(c.name);
     CAPTURE(c.path);
-    const npy_array ref = read_npy(c.logits);
+    const t2_test::npy_array ref = t2_test::read_npy(c.logits);
     auto ck = load(c);
     // io::load_checkpoint recognises the format by content.
     CHECK(t2::io::load_checkpoint(c.path).format == ck.format);
