@@ -2,7 +2,7 @@
 // next to PyTorch's CPU autograd on the same shapes in the same run.
 //
 //   t2_bench_train [--model stories15M|stories42M] [--threads 1,2] [--tokens 256]
-//                  [--repeat 5] [--matrices mlp] [--torch PYTHON|none]
+//                  [--repeat 5] [--matrices mlp] [--modes svf-z,full] [--torch PYTHON|none]
 //
 // Two workloads, as Transformer² trains:
 //   svf-z  SVF on the selected matrices (default mlp, as the reference): gradients for z only
@@ -109,12 +109,14 @@ int main(int argc, char** argv) try {
     std::string model_name = "stories15M", matrices = "mlp";
     std::string python = "/usr/bin/python3";
     std::vector<std::size_t> threads{1, 2};
+    std::vector<std::string> modes{"svf-z", "full"};
     std::size_t tokens_per_step = 256, repeat = 5;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "-h" || arg == "--help") {
             std::puts("usage: t2_bench_train [--model stories15M|stories42M] [--threads 1,2] [--tokens 256]\n"
-                      "                      [--repeat 5] [--matrices mlp|attn|all|REGEX] [--torch PYTHON|none]\n"
+                      "                      [--repeat 5] [--matrices mlp|attn|all|REGEX] [--modes svf-z,full]\n"
+                      "                      [--torch PYTHON|none]\n"
                       "Forward+backward tokens/s of SVF (z only) and full-weight training, t2 next to\n"
                       "PyTorch (benchmarks/train_torch.py); medians of R steps.");
             return 0;
@@ -130,6 +132,12 @@ int main(int argc, char** argv) try {
         } else if (arg == "--tokens") tokens_per_step = parse_size(arg, value);
         else if (arg == "--repeat") repeat = parse_size(arg, value);
         else if (arg == "--matrices") matrices = value;
+        else if (arg == "--modes") {
+            modes = split(value);
+            for (const auto& m : modes)
+                if (m != "svf-z" && m != "full")
+                    fail("unknown mode '" + m + "' (svf-z or full)");
+        }
         else if (arg == "--torch") python = value;
         else fail("unknown argument '" + arg + "' (see --help)");
     }
@@ -158,18 +166,18 @@ int main(int argc, char** argv) try {
 
     std::printf("%-10s %-6s %7s %14s %16s %8s\n", "model", "mode", "threads", "t2 tok/s", "PyTorch tok/s", "ratio");
     for (const std::size_t n : threads)
-        for (const char* mode : {"svf-z", "full"}) {
-            const bool full = std::string(mode) == "full";
+        for (const std::string& mode : modes) {
+            const bool full = mode == "full";
             const double ours = full ? measure(dense, tokens, mask, n, repeat, {.dense_weights = true})
                                      : measure(svf, tokens, mask, n, repeat, {});
             const double theirs = python == "none" ? -1
-                                                   : measure_torch(python, script, model_name, mode, n,
+                                                   : measure_torch(python, script, model_name, mode.c_str(), n,
                                                                    tokens_per_step, repeat, matrices);
             if (theirs > 0)
-                std::printf("%-10s %-6s %7zu %14.1f %16.1f %8.2f\n", model_name.c_str(), mode, n, ours, theirs,
+                std::printf("%-10s %-6s %7zu %14.1f %16.1f %8.2f\n", model_name.c_str(), mode.c_str(), n, ours, theirs,
                             ours / theirs);
             else
-                std::printf("%-10s %-6s %7zu %14.1f %16s %8s\n", model_name.c_str(), mode, n, ours, "-", "-");
+                std::printf("%-10s %-6s %7zu %14.1f %16s %8s\n", model_name.c_str(), mode.c_str(), n, ours, "-", "-");
             std::fflush(stdout);
         }
     return 0;

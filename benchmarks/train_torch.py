@@ -10,12 +10,29 @@ Prints "tokens_per_second X" (the median of --repeat steps after a warm-up step)
 """
 import argparse
 import math
+import os
 import re
 import statistics
+import sys
 import time
 
-import torch
-import torch.nn.functional as F
+
+def thread_count():
+    """--threads, read before torch loads: its BLAS sizes its own thread pool at load time."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return "1"
+
+
+# Debian's torch does its matrix products in OpenBLAS (BLAS_INFO=generic), whose threads
+# torch.set_num_threads does not bound: without this, "one thread" uses every core.
+os.environ["OPENBLAS_NUM_THREADS"] = thread_count()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 SHAPES = {"stories15M": (288, 768, 6, 6), "stories42M": (512, 1376, 8, 8)}
 VOCAB = 32000
@@ -35,12 +52,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="stories15M", choices=sorted(SHAPES))
     p.add_argument("--mode", default="svf-z", choices=["svf-z", "full"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="cores: OpenBLAS's threads")
+    p.add_argument("--intra-op-threads", type=int, default=1,
+                   help="torch.set_num_threads; 1 is PyTorch's fastest setting here on 1 and 2 cores "
+                        "(2 intra-op threads beside 2 OpenBLAS threads measured 3x slower)")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--matrices", default="mlp", help="mlp, attn, all or a regex over layers.L.attention.wq-style names")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.intra_op_threads)
     torch.manual_seed(0)
 
     dim, hidden, layers, heads = SHAPES[args.model]

@@ -142,6 +142,7 @@ struct static_storage {
     alignas(tensor_alignment) std::array<T, Extents::static_size> elements{};
     static_storage() = default;
     explicit static_storage(const Extents&) {}
+    static_storage(const Extents&, uninitialized_t) {}
     T* data() noexcept { return elements.data(); }
     const T* data() const noexcept { return elements.data(); }
     static constexpr Extents shape() noexcept { return {}; }
@@ -153,6 +154,8 @@ struct dynamic_storage {
     dynamic_storage() = default; // empty: every dynamic extent 0
     explicit dynamic_storage(const Extents& shape)
         : buffer(checked_product(shape.all())), shape_(shape) {}
+    dynamic_storage(const Extents& shape, uninitialized_t)
+        : buffer(checked_product(shape.all()), uninitialized), shape_(shape) {}
     dynamic_storage(const dynamic_storage&) = default;
     dynamic_storage& operator=(const dynamic_storage&) = default;
     // A moved-from tensor is empty (its dynamic extents become 0), never a shape without
@@ -193,6 +196,9 @@ public:
     tensor() = default;
 
     explicit tensor(const Extents& shape) : storage_(shape) {}
+    // Elements left unset, for outputs the caller writes in full before reading (skips the
+    // zero fill; static shapes are zeroed anyway).
+    tensor(const Extents& shape, uninitialized_t) : storage_(shape, uninitialized) {}
 
     template <class... I>
         requires((std::is_integral_v<I> && ...) && sizeof...(I) > 0)

@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "t2/core/tensor.hpp"
@@ -110,6 +111,11 @@ std::size_t peak_activation_floats(const C& c, std::size_t T, bool recompute) {
 
 namespace detail {
 
+// Scratch that a kernel overwrites in full before anything reads it.
+inline matrix<float> scratch_matrix(std::size_t rows, std::size_t cols) {
+    return matrix<float>(dims<2>(rows, cols), uninitialized);
+}
+
 // What a block's backward needs from its forward.
 struct block_activations {
     matrix<float> x, h1, q, k, v, attended, x_mid, h2, gate, up, act;
@@ -117,9 +123,11 @@ struct block_activations {
 
     template <model_config C>
     block_activations(const C& c, std::size_t T)
-        : x(T, c.dim), h1(T, c.dim), q(T, c.dim), k(T, kv_dim(c)), v(T, kv_dim(c)), attended(T, c.dim),
-          x_mid(T, c.dim), h2(T, c.dim), gate(T, c.hidden_dim), up(T, c.hidden_dim), act(T, c.hidden_dim),
-          probs(c.n_heads, T, T) {}
+        : x(scratch_matrix(T, c.dim)), h1(scratch_matrix(T, c.dim)), q(scratch_matrix(T, c.dim)),
+          k(scratch_matrix(T, kv_dim(c))), v(scratch_matrix(T, kv_dim(c))), attended(scratch_matrix(T, c.dim)),
+          x_mid(scratch_matrix(T, c.dim)), h2(scratch_matrix(T, c.dim)), gate(scratch_matrix(T, c.hidden_dim)),
+          up(scratch_matrix(T, c.hidden_dim)), act(scratch_matrix(T, c.hidden_dim)),
+          probs(dims<3>(c.n_heads, T, T), uninitialized) {}
 };
 
 // Runs block b on a.x (filled by the caller) and writes its output to out.
@@ -136,7 +144,7 @@ void block_forward(const E& ex, const C& c, const block_weights<Weight>& b, bloc
     ops::rope(ex, a.k.view(), 0, rope);
     ops::causal_attention(ex, a.q.view(), a.k.view(), a.v.view(), a.attended.view(), a.probs.view(), c.n_heads,
                           c.n_kv_heads);
-    matrix<float> projected(T, c.dim);
+    matrix<float> projected = scratch_matrix(T, c.dim);
     b.wo(ex, a.attended.view(), projected.view());
     ops::add(ex, a.x.flat(), projected.flat(), a.x_mid.flat());
     ops::rmsnorm(ex, a.x_mid.view(), b.mlp_norm, a.h2.view(), c.norm_eps);
@@ -152,8 +160,9 @@ template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, const block_activations& a,
                     matrix_view<float> dx, block_gradients<Weight>& g) {
     const std::size_t T = a.x.extent(0);
-    matrix<float> d_act(T, c.hidden_dim), d_gate(T, c.hidden_dim), d_up(T, c.hidden_dim);
-    matrix<float> d_h(T, c.dim), d_part(T, c.dim);
+    matrix<float> d_act = scratch_matrix(T, c.hidden_dim), d_gate = scratch_matrix(T, c.hidden_dim),
+                  d_up = scratch_matrix(T, c.hidden_dim);
+    matrix<float> d_h = scratch_matrix(T, c.dim), d_part = scratch_matrix(T, c.dim);
     // MLP: x_next = x_mid + w2(swiglu(w1 h2, w3 h2)), h2 = rmsnorm(x_mid).
     b.w2.backward(ex, a.act.view(), dx, d_act.view(), g.w2);
     ops::swiglu_backward(ex, a.gate.flat(), a.up.flat(), d_act.flat(), d_gate.flat(), d_up.flat());
@@ -164,7 +173,8 @@ void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, con
                           c.norm_eps);
     ops::add(ex, dx.flat(), d_part.flat(), dx.flat()); // dL/dx_mid
     // Attention: x_mid = x + wo(attention(rope(wq h1), rope(wk h1), wv h1)), h1 = rmsnorm(x).
-    matrix<float> d_attended(T, c.dim), dq(T, c.dim), dk(T, kv_dim(c)), dv(T, kv_dim(c));
+    matrix<float> d_attended = scratch_matrix(T, c.dim), dq = scratch_matrix(T, c.dim),
+                  dk = scratch_matrix(T, kv_dim(c)), dv = scratch_matrix(T, kv_dim(c));
     b.wo.backward(ex, a.attended.view(), dx, d_attended.view(), g.wo);
     ops::causal_attention_backward(ex, a.q.view(), a.k.view(), a.v.view(), a.probs.view(), d_attended.view(),
                                    dq.view(), dk.view(), dv.view(), c.n_heads, c.n_kv_heads);
@@ -220,7 +230,7 @@ float forward_backward(const E& ex, const llama<C, Weight>& model, std::span<con
     std::vector<detail::block_activations> kept;
     std::vector<matrix<float>> block_inputs;
     kept.reserve(options.recompute ? 1 : L);
-    matrix<float> x(T, c.dim);
+    matrix<float> x = detail::scratch_matrix(T, c.dim);
     ops::embedding(ex, w.token_embedding, inputs, x.view());
     for (std::size_t l = 0; l < L; ++l) {
         if (options.recompute) {
@@ -234,16 +244,31 @@ float forward_backward(const E& ex, const llama<C, Weight>& model, std::span<con
         std::copy(x.data(), x.data() + x.size(), a.x.data());
         detail::block_forward(ex, c, w.blocks[l], a, x.view());
     }
-    matrix<float> normed(T, c.dim), logits(T, c.vocab_size);
+    matrix<float> normed = detail::scratch_matrix(T, c.dim), logits = detail::scratch_matrix(T, c.vocab_size);
     ops::rmsnorm(ex, x.view(), w.final_norm, normed.view(), c.norm_eps);
     w.classifier(ex, normed.view(), logits.view());
     const float loss = ops::cross_entropy(ex, logits.view(), tokens.subspan(1), mask, logits.view());
 
-    // Backward. A tied classifier's weight gradient is the embedding's, added at the end.
-    matrix<float> d_normed(T, c.dim), dx(T, c.dim);
-    auto tied = detail::policy_gradient(w.classifier.weight(), options.dense_weights && c.shared_classifier);
-    w.classifier.backward(ex, normed.view(), logits.view(), d_normed.view(),
-                          c.shared_classifier ? tied : grads.classifier);
+    // Backward. A tied classifier's weight is the embedding: its gradient accumulates into
+    // the embedding's, lent to the classifier's gradient for the call.
+    matrix<float> d_normed = detail::scratch_matrix(T, c.dim), dx = detail::scratch_matrix(T, c.dim);
+    if (c.shared_classifier) {
+        auto tied = w.classifier.weight().make_gradient();
+        if constexpr (requires { tied.weight; }) {
+            std::swap(tied.weight, grads.token_embedding);
+            try {
+                w.classifier.backward(ex, normed.view(), logits.view(), d_normed.view(), tied);
+            } catch (...) {
+                std::swap(tied.weight, grads.token_embedding);
+                throw;
+            }
+            std::swap(tied.weight, grads.token_embedding);
+        } else {
+            w.classifier.backward(ex, normed.view(), logits.view(), d_normed.view(), tied);
+        }
+    } else {
+        w.classifier.backward(ex, normed.view(), logits.view(), d_normed.view(), grads.classifier);
+    }
     ops::rmsnorm_backward(ex, x.view(), w.final_norm, d_normed.view(), dx.view(), grads.final_norm.view(),
                           c.norm_eps);
     for (std::size_t l = L; l-- > 0;) {
@@ -257,12 +282,8 @@ float forward_backward(const E& ex, const llama<C, Weight>& model, std::span<con
         }
         detail::block_backward(ex, c, w.blocks[l], *a, dx.view(), grads.blocks[l]);
     }
-    if (grads.token_embedding.size() != 0) {
+    if (grads.token_embedding.size() != 0)
         ops::embedding_backward(ex, inputs, dx.view(), grads.token_embedding.view());
-        if constexpr (requires { tied.weight; })
-            if (tied.weight.size() != 0)
-                ops::add(ex, grads.token_embedding.flat(), tied.weight.flat(), grads.token_embedding.flat());
-    }
     return loss;
 }
 

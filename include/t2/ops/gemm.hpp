@@ -83,8 +83,10 @@ void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
 #endif
 
 // Splits C into blocks, one task each; every block is an ordinary gemm of the inner
-// executor. Column blocks are preferred: each task then packs its own part of B and only
-// re-reads A, which is the smaller operand in the shapes transformers run.
+// executor. A task packs its own part of the operand whose dimension is split and the whole
+// of the other, so the split runs along the larger of m and n: columns for x·Wᵀ (few tokens,
+// wide W), rows for weight gradients such as dyᵀ·x of a 32000-wide classifier, whose A would
+// otherwise be packed once per thread.
 template <class Inner, class TB>
 void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
     constexpr std::size_t block = 64; // a multiple of every micro-tile width
@@ -94,7 +96,7 @@ void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
     const std::size_t threshold = g.m <= skinny_rows ? std::size_t{1} << 15 : std::size_t{1} << 18;
     if (ex.concurrency() == 1 || work < threshold)
         return gemm(ex.inner(), g);
-    if (g.n >= g.m || g.n >= block * ex.concurrency()) {
+    if (g.n >= g.m) {
         const std::size_t blocks = (g.n + block - 1) / block;
         ex.parallel_for(blocks, 1, [&](std::size_t b0, std::size_t b1) {
             const std::size_t j0 = b0 * block, j1 = std::min(g.n, b1 * block);

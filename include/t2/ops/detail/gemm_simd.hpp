@@ -82,6 +82,10 @@ void pack_a(const gemm_args<TB>& g, std::size_t i0, std::size_t m, std::size_t k
                 for (std::size_t r = rows; r < MR; ++r)
                     out[kk * MR + r] = 0.f;
             }
+        } else if (rows == MR) {
+            // A compile-time length: inline vector moves, not a library call per MR floats.
+            for (std::size_t kk = 0; kk < kc; ++kk)
+                std::copy_n(g.a + (k0 + kk) * g.lda + i0 + p, MR, out + kk * MR);
         } else {
             for (std::size_t kk = 0; kk < kc; ++kk) {
                 const float* src = g.a + (k0 + kk) * g.lda + i0 + p;
@@ -164,7 +168,15 @@ void pack_b(const gemm_args<TB>& g, std::size_t k0, std::size_t kc, std::size_t 
             float* T2_RESTRICT out) {
     for (std::size_t p = 0; p < n; p += NR) {
         const std::size_t cols = std::min(NR, n - p);
-        if (!g.trans_b) {
+        if (!g.trans_b && cols == NR) {
+            // A compile-time length: inline vector moves, not a library call per NR floats.
+            for (std::size_t kk = 0; kk < kc; ++kk) {
+                const TB* src = g.b + (k0 + kk) * g.ldb + j0 + p;
+                float* dst = out + kk * NR;
+                for (std::size_t j = 0; j < NR; ++j)
+                    dst[j] = to_f32(src[j]);
+            }
+        } else if (!g.trans_b) {
             for (std::size_t kk = 0; kk < kc; ++kk) {
                 const TB* src = g.b + (k0 + kk) * g.ldb + j0 + p;
                 float* dst = out + kk * NR;
