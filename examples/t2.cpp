@@ -427,8 +427,11 @@ int decompose(int argc, char** argv) {
     t2::adapt::decompose_options options;
     options.precision =
         precision == "f64" ? t2::adapt::svd_precision::f64 : t2::adapt::svd_precision::f32;
+    double first_matrix = 0; // loading and hashing come before: not part of the estimate
     options.progress = [&](std::size_t done, std::size_t total, const std::string& name) {
         const double elapsed = seconds();
+        if (done == 0)
+            first_matrix = elapsed;
         if (done < total)
             std::fprintf(stderr, "[%zu/%zu] %s", done + 1, total, name.c_str());
         else
@@ -437,7 +440,7 @@ int decompose(int argc, char** argv) {
             std::fprintf(stderr, " in %.1f s", elapsed);
         else if (done > 0)
             std::fprintf(stderr, "  (%.1f s elapsed, about %.0f s left)", elapsed,
-                         elapsed / double(done) * double(total - done));
+                         (elapsed - first_matrix) / double(done) * double(total - done));
         std::fprintf(stderr, "\n");
     };
     const auto d = t2::adapt::decompose(executor(pool), ck.config, ck.weights, chosen, options);
