@@ -22,55 +22,19 @@
 #include "t2/nn/random_init.hpp"
 #include "t2/t2.hpp"
 
+#include "support.hpp"
+
 namespace {
 
-struct named_config {
-    const char* name;
-    t2::nn::llama_config config;
-};
+constexpr const char* program = "t2_bench_generate";
 
-t2::nn::llama_config tinyllama(std::size_t dim, std::size_t hidden, std::size_t layers, std::size_t heads) {
-    t2::nn::llama_config c;
-    c.dim = dim;
-    c.hidden_dim = hidden;
-    c.n_layers = layers;
-    c.n_heads = c.n_kv_heads = heads;
-    c.vocab_size = 32000;
-    c.seq_len = 1024;
-    return c;
-}
+using t2_bench::median;
+using t2_bench::split;
 
-const named_config all_configs[] = {{"stories15M", tinyllama(288, 768, 6, 6)},
-                                    {"stories42M", tinyllama(512, 1376, 8, 8)},
-                                    {"stories110M", tinyllama(768, 2048, 12, 12)}};
-
-[[noreturn]] void fail(const std::string& message) {
-    std::fprintf(stderr, "t2_bench_generate: %s\n", message.c_str());
-    std::exit(2);
-}
-
-std::vector<std::string> split(const std::string& text) {
-    std::vector<std::string> out;
-    std::size_t at = 0;
-    while (at <= text.size()) {
-        const std::size_t comma = std::min(text.find(',', at), text.size());
-        out.push_back(text.substr(at, comma - at));
-        at = comma + 1;
-    }
-    return out;
-}
+[[noreturn]] void fail(const std::string& message) { t2_bench::usage_failure(program, message); }
 
 std::size_t parse_size(const std::string& flag, const std::string& text) {
-    char* end = nullptr;
-    const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || text[0] == '-' || v == 0 || v > 1000000)
-        fail(flag + " wants a positive whole number, got '" + text + "'");
-    return std::size_t(v);
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
+    return t2_bench::parse_count(program, flag, text);
 }
 
 std::size_t weight_bytes(const t2::nn::llama_config& c, std::size_t element_size) {
@@ -141,11 +105,10 @@ int main(int argc, char** argv) try {
     std::printf("%-12s %7s %8s %12s %12s %10s %12s\n", "model", "threads", "storage", "prefill tok/s",
                 "decode tok/s", "MB/token", "decode GB/s");
     for (const std::string& name : models) {
-        const auto it = std::find_if(std::begin(all_configs), std::end(all_configs),
-                                     [&](const named_config& c) { return name == c.name; });
-        if (it == std::end(all_configs))
+        const t2::nn::llama_config* found = t2_bench::find_tinyllama(name);
+        if (!found)
             fail("unknown model '" + name + "' (stories15M, stories42M or stories110M)");
-        const t2::nn::llama_config& config = it->config;
+        const t2::nn::llama_config& config = *found;
         if (prefill + decode > config.seq_len)
             fail("--prefill + --decode exceeds the context of " + std::to_string(config.seq_len));
         std::fprintf(stderr, "%s: making random weights...\n", name.c_str());

@@ -1,7 +1,7 @@
 // Forward+backward speed (training tokens/s) at the stories15M shape with random weights,
 // next to PyTorch's CPU autograd on the same shapes in the same run.
 //
-//   t2_bench_train [--model stories15M|stories42M] [--threads 1,2] [--tokens 256]
+//   t2_bench_train [--model stories15M|stories42M|stories110M] [--threads 1,2] [--tokens 256]
 //                  [--repeat 5] [--matrices mlp] [--modes svf-z,full] [--torch PYTHON|none]
 //
 // Two workloads, as Transformer² trains:
@@ -26,46 +26,19 @@
 #include "t2/nn/random_init.hpp"
 #include "t2/t2.hpp"
 
+#include "support.hpp"
+
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
-    std::fprintf(stderr, "t2_bench_train: %s\n", message.c_str());
-    std::exit(2);
-}
+constexpr const char* program = "t2_bench_train";
 
-std::vector<std::string> split(const std::string& text) {
-    std::vector<std::string> out;
-    std::size_t at = 0;
-    while (at <= text.size()) {
-        const std::size_t comma = std::min(text.find(',', at), text.size());
-        out.push_back(text.substr(at, comma - at));
-        at = comma + 1;
-    }
-    return out;
-}
+using t2_bench::median;
+using t2_bench::split;
+
+[[noreturn]] void fail(const std::string& message) { t2_bench::usage_failure(program, message); }
 
 std::size_t parse_size(const std::string& flag, const std::string& text) {
-    char* end = nullptr;
-    const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || text[0] == '-' || v == 0 || v > 1000000)
-        fail(flag + " wants a positive whole number, got '" + text + "'");
-    return std::size_t(v);
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
-t2::nn::llama_config tinyllama(std::size_t dim, std::size_t hidden, std::size_t layers, std::size_t heads) {
-    t2::nn::llama_config c;
-    c.dim = dim;
-    c.hidden_dim = hidden;
-    c.n_layers = layers;
-    c.n_heads = c.n_kv_heads = heads;
-    c.vocab_size = 32000;
-    c.seq_len = 1024;
-    return c;
+    return t2_bench::parse_count(program, flag, text);
 }
 
 // Median tokens/s of forward_backward steps.
@@ -114,7 +87,7 @@ int main(int argc, char** argv) try {
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "-h" || arg == "--help") {
-            std::puts("usage: t2_bench_train [--model stories15M|stories42M] [--threads 1,2] [--tokens 256]\n"
+            std::puts("usage: t2_bench_train [--model stories15M|stories42M|stories110M] [--threads 1,2] [--tokens 256]\n"
                       "                      [--repeat 5] [--matrices mlp|attn|all|REGEX] [--modes svf-z,full]\n"
                       "                      [--torch PYTHON|none]\n"
                       "Forward+backward tokens/s of SVF (z only) and full-weight training, t2 next to\n"
@@ -141,10 +114,10 @@ int main(int argc, char** argv) try {
         else if (arg == "--torch") python = value;
         else fail("unknown argument '" + arg + "' (see --help)");
     }
-    t2::nn::llama_config config;
-    if (model_name == "stories15M") config = tinyllama(288, 768, 6, 6);
-    else if (model_name == "stories42M") config = tinyllama(512, 1376, 8, 8);
-    else fail("unknown model '" + model_name + "' (stories15M or stories42M)");
+    const t2::nn::llama_config* found = t2_bench::find_tinyllama(model_name);
+    if (!found)
+        fail("unknown model '" + model_name + "' (stories15M, stories42M or stories110M)");
+    const t2::nn::llama_config config = *found;
     if (tokens_per_step >= config.seq_len)
         fail("--tokens must be below the context of " + std::to_string(config.seq_len));
     const auto chosen = t2::adapt::selection::parse(matrices);

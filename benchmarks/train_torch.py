@@ -34,7 +34,7 @@ os.environ["OPENBLAS_NUM_THREADS"] = thread_count()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-SHAPES = {"stories15M": (288, 768, 6, 6), "stories42M": (512, 1376, 8, 8)}
+SHAPES = {"stories15M": (288, 768, 6, 6), "stories42M": (512, 1376, 8, 8), "stories110M": (768, 2048, 12, 12)}
 VOCAB = 32000
 
 
