@@ -9,11 +9,9 @@
 #include <string>
 #include <vector>
 
-#include <csignal>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "support/check.hpp"
+#include "support/killed_writer.hpp"
 #include "support/temp_dir.hpp"
 #include "t2/adapt/model.hpp"
 #include "t2/adapt/parameters.hpp"
@@ -511,38 +509,11 @@ TEST_CASE("decomposition files: a writer killed mid-way leaves the old file inta
     const t2::adapt::svd_factors huge{t2::matrix_view<const float>(big->data(), t2::dims<2>(4096, 512)),
                                       t2::vector_view<const float>(sigma.data(), t2::dims<1>(512)),
                                       t2::matrix_view<const float>(big->data() + 4096 * 512, t2::dims<2>(4096, 512)), big};
-    int ready[2];
-    REQUIRE(::pipe(ready) == 0);
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        ::close(ready[0]);
-        try {
-            t2::io::safetensors_write_options options;
-            options.chunk_bytes = std::size_t{1} << 20;
-            options.progress = [&](std::size_t written, std::size_t) {
-                if (written >= (std::size_t{4} << 20)) {
-                    const char c = 'w';
-                    (void)!::write(ready[1], &c, 1);
-                    for (;;)
-                        ::pause();
-                }
-            };
+    t2_test::kill_writer_midway(
+        [&](const t2::io::safetensors_write_options& options) {
             t2::io::write_decomposition(path, {hash, "all", {{"layers.0.feed_forward.w2", {}, huge}}}, options);
-        } catch (...) {
-            ::_exit(2);
-        }
-        ::_exit(3);
-    }
-    ::close(ready[1]);
-    char c = 0;
-    const auto got = ::read(ready[0], &c, 1);
-    ::close(ready[0]);
-    ::kill(child, SIGKILL);
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    REQUIRE(got == 1);
-    CHECK(WIFSIGNALED(status));
+        },
+        std::size_t{4} << 20);
     const auto d = read_back();
     REQUIRE(d.matrices.size() == 1);
     CHECK(d.matrices[0].name == "layers.0.feed_forward.w1");

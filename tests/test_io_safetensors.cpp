@@ -16,11 +16,8 @@
 #include <string>
 #include <vector>
 
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include "support/check.hpp"
+#include "support/killed_writer.hpp"
 #include "support/temp_dir.hpp"
 #include "t2/io/huggingface.hpp"
 #include "t2/io/json.hpp"
@@ -591,44 +588,18 @@ TEST_CASE("safetensors: a writer killed mid-way leaves the old file intact") {
 
     const std::vector<float> big(std::size_t{16} << 18, 1.5f); // 16 MiB
     const std::vector<io::safetensors_entry> replacement{io::make_safetensors_entry<float>("big", big, {big.size()})};
-    int ready[2];
-    REQUIRE(::pipe(ready) == 0);
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        ::close(ready[0]);
-        try {
-            io::safetensors_write_options options;
-            options.chunk_bytes = std::size_t{1} << 20;
-            options.progress = [&](std::size_t written, std::size_t) {
-                if (written >= (std::size_t{4} << 20)) { // a quarter written: wait to be killed
-                    const char c = 'w';
-                    (void)!::write(ready[1], &c, 1);
-                    for (;;)
-                        ::pause();
-                }
-            };
-            io::write_safetensors(path, replacement, {{"version", "new"}}, options);
-        } catch (...) {
-            ::_exit(2);
-        }
-        ::_exit(3); // finished: the test could not interrupt it
-    }
-    ::close(ready[1]);
-    char c = 0;
-    const auto got = ::read(ready[0], &c, 1);
-    ::close(ready[0]);
-    // The child is blocked in the middle of writing its temporary file.
+    // A quarter written, the child blocks; its temporary file is what it left.
     std::vector<fs::path> temps;
-    for (const auto& e : fs::directory_iterator(dir))
-        if (e.path().filename().string().starts_with(".model.safetensors.tmp."))
-            temps.push_back(e.path());
-    ::kill(child, SIGKILL);
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    REQUIRE(got == 1);
-    CHECK(WIFSIGNALED(status));
-    CHECK(WTERMSIG(status) == SIGKILL);
+    t2_test::kill_writer_midway(
+        [&](const io::safetensors_write_options& options) {
+            io::write_safetensors(path, replacement, {{"version", "new"}}, options);
+        },
+        std::size_t{4} << 20,
+        [&] {
+            for (const auto& e : fs::directory_iterator(dir))
+                if (e.path().filename().string().starts_with(".model.safetensors.tmp."))
+                    temps.push_back(e.path());
+        });
     REQUIRE(temps.size() == 1);
     CHECK(fs::file_size(temps[0]) >= (std::size_t{4} << 20));
     CHECK(fs::file_size(temps[0]) < 8 + 128 + big.size() * 4);

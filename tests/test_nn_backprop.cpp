@@ -21,14 +21,6 @@ namespace {
 
 using t2::nn::llama_config;
 
-std::vector<std::int32_t> random_tokens(std::size_t n, std::size_t vocab, std::uint64_t seed) {
-    const t2::philox rng(seed);
-    std::vector<std::int32_t> t(n);
-    for (std::size_t i = 0; i < n; ++i)
-        t[i] = static_cast<std::int32_t>(rng.bits(i)[0] % vocab);
-    return t;
-}
-
 // (L(θ + h·u) − L(θ − h·u)) / 2h along a direction u given as a perturbation of the
 // parameters in place: perturb(s) adds s·u. The loss is computed in f32, so h cannot be
 // tiny; 2e-3 keeps both the rounding and the curvature of random models below 2%.
@@ -57,7 +49,7 @@ TEST_CASE("backprop: the training forward gives the inference forward's loss") {
     const t2::exec::simd<> ex;
     for (const auto& c : configs) {
         const t2::nn::llama<llama_config> model(c, t2::nn::random_weights(c, 3));
-        const auto tokens = random_tokens(c.seq_len + 1, c.vocab_size, 4);
+        const auto tokens = t2_test::random_tokens(c.seq_len + 1, c.vocab_size, 4);
         auto grads = t2::nn::make_gradients(model);
         const float trained = t2::nn::forward_backward(ex, model, tokens, {}, grads);
         const float inferred = t2::nn::sequence_loss(ex, model, tokens);
@@ -73,7 +65,7 @@ TEST_CASE("backprop: dense weight gradients match directional finite differences
         CAPTURE(c.dim);
         const auto weights = t2::nn::random_weights(c, 5);
         const t2::nn::llama<llama_config> model(c, weights);
-        const auto tokens = random_tokens(8, c.vocab_size, 6);
+        const auto tokens = t2_test::random_tokens(8, c.vocab_size, 6);
         std::vector<float> mask(tokens.size() - 1, 1.f);
         mask[0] = 0.f;
         mask[3] = 0.5f;
@@ -124,7 +116,7 @@ TEST_CASE("backprop: SVF z, mixture α and LoRA gradients match directional fini
     const auto& c = configs[0];
     const auto weights = t2::nn::random_weights(c, 7);
     const auto d = t2::adapt::decompose(ex, c, weights, t2::adapt::selection::all());
-    const auto tokens = random_tokens(10, c.vocab_size, 8);
+    const auto tokens = t2_test::random_tokens(10, c.vocab_size, 8);
 
     SUBCASE("svf with rescaling") {
         auto model = t2::adapt::make_svf_model(c, weights, d, {.rescale = true});
@@ -246,7 +238,7 @@ TEST_CASE("backprop: recomputation gives the same gradients; gradients accumulat
     const t2::exec::threads<t2::exec::simd<>> ex(pool);
     const auto& c = configs[1];
     const t2::nn::llama<llama_config> model(c, t2::nn::random_weights(c, 11));
-    const auto tokens = random_tokens(c.seq_len + 1, c.vocab_size, 12);
+    const auto tokens = t2_test::random_tokens(c.seq_len + 1, c.vocab_size, 12);
     const t2::nn::backprop_options kept{.dense_weights = true}, recomputed{.dense_weights = true, .recompute = true};
     auto a = t2::nn::make_gradients(model, kept), b = t2::nn::make_gradients(model, recomputed);
     const float la = t2::nn::forward_backward(ex, model, tokens, {}, a, kept);
@@ -267,7 +259,7 @@ TEST_CASE("backprop: the loss mask leaves prompt positions out, and bad input is
     const t2::exec::simd<> ex;
     const auto& c = configs[0];
     const t2::nn::llama<llama_config> model(c, t2::nn::random_weights(c, 13));
-    auto tokens = random_tokens(9, c.vocab_size, 14);
+    auto tokens = t2_test::random_tokens(9, c.vocab_size, 14);
     std::vector<float> mask(tokens.size() - 1, 1.f);
     mask[0] = mask[1] = 0.f;  // a prompt
     mask.back() = 0.f;        // and a masked last target: tokens.back() is read by nothing else
@@ -299,7 +291,7 @@ TEST_CASE("backprop: the loss mask leaves prompt positions out, and bad input is
     const std::vector<std::int32_t> outside{1, 2, 99};
     CHECK(t2_test::contains(t2_test::error_message([&] { t2::nn::forward_backward(ex, model, outside, {}, g3); }),
                             "99"));
-    const auto long_sequence = random_tokens(c.seq_len + 2, c.vocab_size, 15);
+    const auto long_sequence = t2_test::random_tokens(c.seq_len + 2, c.vocab_size, 15);
     CHECK(t2_test::contains(
         t2_test::error_message([&] { t2::nn::forward_backward(ex, model, long_sequence, {}, g3); }), "context"));
 }
@@ -309,7 +301,7 @@ TEST_CASE("backprop: bf16 weights give input gradients; their weight gradients a
     const auto& c = configs[0];
     const t2::nn::llama<llama_config, t2::nn::dense<t2::bf16>> model(
         c, t2::nn::convert_weights<t2::bf16>(t2::nn::random_weights(c, 17)));
-    const auto tokens = random_tokens(6, c.vocab_size, 18);
+    const auto tokens = t2_test::random_tokens(6, c.vocab_size, 18);
     auto g = t2::nn::make_gradients(model);
     CHECK(t2::nn::forward_backward(ex, model, tokens, {}, g) ==
           doctest::Approx(t2::nn::sequence_loss(ex, model, tokens)).epsilon(1e-5));

@@ -102,14 +102,6 @@ std::string joined(const std::vector<T>& values) {
     return s.str();
 }
 
-std::vector<std::int32_t> random_tokens(std::size_t n, std::size_t vocab, std::uint64_t seed) {
-    const t2::philox rng(seed);
-    std::vector<std::int32_t> t(n);
-    for (std::size_t i = 0; i < n; ++i)
-        t[i] = static_cast<std::int32_t>(rng.bits(i)[0] % vocab);
-    return t;
-}
-
 // Predictions [0, prompt) weigh 0, the rest 1.
 std::vector<float> prompt_mask(std::size_t tokens, std::size_t prompt) {
     std::vector<float> m(tokens - 1, 1.f);
@@ -163,7 +155,7 @@ std::shared_ptr<base_model> random_model(const std::string& name, const llama_co
     llama_config stored = c;
     stored.rope_layout = t2::ops::rope_layout::interleaved;
     t2::io::write_llama2c(m->path, stored, m->weights);
-    m->tokens = random_tokens(c.seq_len + 1, c.vocab_size, seed + 1);
+    m->tokens = t2_test::random_tokens(c.seq_len + 1, c.vocab_size, seed + 1);
     m->mask = prompt_mask(m->tokens.size(), 3);
     return m;
 }

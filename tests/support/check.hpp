@@ -5,10 +5,12 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <span>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "t2/t2.hpp"
 
@@ -34,6 +36,15 @@ inline t2::matrix<float> random_matrix(std::size_t rows, std::size_t cols, std::
 
 inline t2::vector<float> random_vector(std::size_t n, std::uint64_t seed) {
     return random_tensor(t2::dims<1>(n), seed);
+}
+
+// n token ids in [0, vocab), seeded.
+inline std::vector<std::int32_t> random_tokens(std::size_t n, std::size_t vocab, std::uint64_t seed) {
+    const t2::philox rng(seed);
+    std::vector<std::int32_t> t(n);
+    for (std::size_t i = 0; i < n; ++i)
+        t[i] = static_cast<std::int32_t>(rng.bits(i)[0] % vocab);
+    return t;
 }
 
 struct comparison {
