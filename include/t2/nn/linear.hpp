@@ -16,6 +16,7 @@
 #include "t2/core/tensor.hpp"
 #include "t2/exec/executor.hpp"
 #include "t2/ops/gemm.hpp"
+#include "t2/ops/linear_backward.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace nn {
@@ -68,9 +69,7 @@ public:
     template <exec::cpu_executor E>
     void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy,
                   matrix_view<float> dx, gradient& grad) const {
-        ops::gemm(ex, dy, weight_, dx);
-        if (grad.weight.size() != 0)
-            ops::gemm(ex, dy, x, grad.weight.view(), {.transpose_a = true, .beta = 1.f});
+        ops::linear_backward(ex, x, weight_, dy, dx, grad.weight.view());
     }
 
 private:
