@@ -427,23 +427,21 @@ int decompose(int argc, char** argv) {
     t2::adapt::decompose_options options;
     options.precision =
         precision == "f64" ? t2::adapt::svd_precision::f64 : t2::adapt::svd_precision::f32;
-    double first_matrix = 0; // loading and hashing come before: not part of the estimate
-    options.progress = [&](std::size_t done, std::size_t total, const std::string& name) {
+    const std::size_t total = chosen.of(ck.config).size();
+    std::fprintf(stderr, "decomposing %zu matrices on %zu threads (%s)\n", total, pool.size(), precision.c_str());
+    double first_done = 0; // the estimate leaves out loading and hashing, which come first
+    options.progress = [&](std::size_t done, std::size_t, const std::string& name) {
         const double elapsed = seconds();
-        if (done == 0)
-            first_matrix = elapsed;
-        if (done < total)
-            std::fprintf(stderr, "[%zu/%zu] %s", done + 1, total, name.c_str());
-        else
-            std::fprintf(stderr, "decomposed %zu matrices", total);
-        if (done == total)
-            std::fprintf(stderr, " in %.1f s", elapsed);
-        else if (done > 0)
-            std::fprintf(stderr, "  (%.1f s elapsed, about %.0f s left)", elapsed,
-                         (elapsed - first_matrix) / double(done) * double(total - done));
-        std::fprintf(stderr, "\n");
+        if (done == 1)
+            first_done = elapsed;
+        std::fprintf(stderr, "[%zu/%zu] %s  (%.1f s elapsed", done, total, name.c_str(), elapsed);
+        if (done > 1 && done < total)
+            std::fprintf(stderr, ", about %.0f s left",
+                         (elapsed - first_done) / double(done - 1) * double(total - done));
+        std::fprintf(stderr, ")\n");
     };
     const auto d = t2::adapt::decompose(executor(pool), ck.config, ck.weights, chosen, options);
+    std::fprintf(stderr, "decomposed %zu matrices in %.1f s\n", total, seconds());
     t2::io::write_decomposition(out_path, d);
     std::fprintf(stderr, "wrote %s (base model %s)\n", out_path.c_str(), d.base_model_hash.substr(0, 16).c_str());
     return 0;

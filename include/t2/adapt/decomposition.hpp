@@ -4,13 +4,14 @@
 // trained on it) is refused by a different model.
 //
 //   auto d = t2::adapt::decompose(ex, checkpoint.config, checkpoint.weights,
-//                                 t2::adapt::selection::mlp(), {.progress = print});
+//                                 t2::adapt::selection::mlp());
 //   t2::io::write_decomposition("model.svd.safetensors", d);   // io/decomposition.hpp
 #include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +23,7 @@
 #include "t2/core/sha256.hpp"
 #include "t2/nn/llama.hpp"
 #include "t2/nn/matrices.hpp"
+#include "t2/ops/detail/parallel.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace adapt {
@@ -92,29 +94,44 @@ enum class svd_precision { f64, f32 }; // the SVD's working precision (svd<doubl
 struct decompose_options {
     svd_options svd;
     svd_precision precision = svd_precision::f64;
-    // Called before each matrix (done = matrices finished so far) and once at the end.
+    // Called as each matrix is done (done = 1 … total, name = that matrix), one call at a
+    // time but from whichever thread finished it.
     std::function<void(std::size_t done, std::size_t total, const std::string& name)> progress;
 };
 
+// The matrices are decomposed concurrently, one per task (each SVD on the inner executor),
+// when there are at least as many as threads: whole SVDs in parallel scale better than the
+// parallel parts of one. The result is the same either way: the SVD gives the same bits on
+// every executor.
 template <exec::cpu_executor E, nn::model_config C>
 decomposition decompose(const E& ex, const C& c, const nn::llama_weights<nn::dense<float>>& w,
                         const selection& chosen, const decompose_options& options = {}) {
     decomposition d{weights_hash(c, w), chosen.text(), {}};
     const auto slots = chosen.of(c);
     T2_CHECK(!slots.empty(), "decompose: the selection \"", chosen.text(), "\" matches no matrix");
-    for (std::size_t i = 0; i < slots.size(); ++i) {
+    std::vector<svd_factors> factors(slots.size());
+    std::mutex progress_lock;
+    std::size_t done = 0;
+    const auto decompose_one = [&](const auto& on, std::size_t i) {
         const nn::matrix_slot& s = slots[i];
-        const std::string name = s.name();
-        if (options.progress)
-            options.progress(i, slots.size(), name);
         const auto weight = nn::projection_of(w.blocks[s.layer], s.which).weight().weight();
-        d.matrices.push_back({name, s,
-                              svd_factors::own(options.precision == svd_precision::f64
-                                                   ? svd<double>(ex, weight, options.svd)
-                                                   : svd<float>(ex, weight, options.svd))});
-    }
-    if (options.progress)
-        options.progress(slots.size(), slots.size(), "");
+        factors[i] = svd_factors::own(options.precision == svd_precision::f64 ? svd<double>(on, weight, options.svd)
+                                                                               : svd<float>(on, weight, options.svd));
+        if (options.progress) {
+            const std::lock_guard<std::mutex> lock(progress_lock);
+            options.progress(++done, slots.size(), s.name());
+        }
+    };
+    std::size_t threads = 1;
+    if constexpr (requires { ex.concurrency(); })
+        threads = ex.concurrency();
+    if (threads > 1 && slots.size() >= threads)
+        ops::detail::for_each_task(ex, slots.size(), decompose_one);
+    else
+        for (std::size_t i = 0; i < slots.size(); ++i)
+            decompose_one(ex, i);
+    for (std::size_t i = 0; i < slots.size(); ++i)
+        d.matrices.push_back({slots[i].name(), slots[i], std::move(factors[i])});
     return d;
 }
 
