@@ -15,10 +15,11 @@
 //   dq_h = dS · k_g / √hd                      dk_g = Σ_h∈g dSᵀ · q_h / √hd
 // dq, dk and dv are overwritten (dk and dv summed over the heads that share a KV head).
 //
-// The work splits by KV head (one task each on threads<Inner>, as in nn::llama). Within a
-// task the queries of the group are stacked into one [group·T × hd] matrix, so the products
-// are a few gemm calls per KV head; the backward takes dP and dS in blocks of rows, so its
-// scratch grows with T, not T².
+// The work splits by query head, one task each on threads<Inner>, so that models with few
+// KV heads (MQA has one) still use every thread. The backward's dk and dv are sums over the
+// heads of a group: each task writes its own head's share, and the shares are added in
+// head order afterwards, so the result does not depend on the thread count. The backward
+// takes dP and dS in blocks of rows, so its scratch grows with T, not T².
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -75,20 +76,6 @@ inline void scatter_columns(const float* src, std::size_t rows, std::size_t hd, 
         std::copy_n(src + t * hd, hd, dst + t * cols + col);
 }
 
-// The queries (or their gradients) of KV head g's group, stacked: row j·T + t is head
-// g·group + j at position t.
-inline void gather_group(const float* src, const attention_dims& a, std::size_t g, float* dst) {
-    for (std::size_t j = 0; j < a.group; ++j)
-        gather_columns(src, a.heads * a.head_dim, (g * a.group + j) * a.head_dim, a.T,
-                       a.head_dim, dst + j * a.T * a.head_dim);
-}
-
-inline void scatter_group(const float* src, const attention_dims& a, std::size_t g, float* dst) {
-    for (std::size_t j = 0; j < a.group; ++j)
-        scatter_columns(src + j * a.T * a.head_dim, a.T, a.head_dim, dst,
-                        a.heads * a.head_dim, (g * a.group + j) * a.head_dim);
-}
-
 // Rows of dS per block in the backward: the scratch is attention_block × T floats.
 inline constexpr std::size_t attention_block = 64;
 
@@ -108,25 +95,24 @@ void causal_attention(const E& ex, matrix_view<const float> q, matrix_view<const
     detail::check_disjoint(op, "k", k, "out", out);
     detail::check_disjoint(op, "v", v, "out", out);
     detail::check_disjoint(op, "probs", probs, "out", out);
-    const std::size_t T = a.T, hd = a.head_dim, rows = a.group * T;
+    const std::size_t T = a.T, hd = a.head_dim;
     const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-    detail::for_each_task(ex, a.kv_heads, [&](const auto& inner, std::size_t g) {
-        matrix<float> queries(rows, hd), keys(T, hd), values(T, hd), attended(rows, hd);
-        detail::gather_group(q.data(), a, g, queries.data());
+    detail::for_each_task(ex, a.heads, [&](const auto& inner, std::size_t h) {
+        const std::size_t g = h / a.group;
+        matrix<float> query(T, hd), keys(T, hd), values(T, hd), attended(T, hd);
+        detail::gather_columns(q.data(), q.extent(1), h * hd, T, hd, query.data());
         detail::gather_columns(k.data(), k.extent(1), g * hd, T, hd, keys.data());
         detail::gather_columns(v.data(), v.extent(1), g * hd, T, hd, values.data());
-        // The group's heads are consecutive in probs: one [group·T × T] matrix.
-        const auto p = view_of(probs.data() + g * rows * T, rows, T);
-        gemm(inner, queries, keys, p, {.transpose_b = true, .alpha = scale});
-        for (std::size_t r = 0; r < rows; ++r) {
-            const std::size_t visible = r % T + 1; // position r % T sees 0 … itself
-            const auto row = p.row(r);
-            const auto seen = row.rows(0, visible);
+        const auto p = view_of(probs.data() + h * T * T, T, T);
+        gemm(inner, query, keys, p, {.transpose_b = true, .alpha = scale});
+        for (std::size_t t = 0; t < T; ++t) {
+            const auto row = p.row(t);
+            const auto seen = row.rows(0, t + 1); // position t sees 0 … itself
             softmax(inner, seen, seen);
-            std::fill(row.data() + visible, row.data() + T, 0.f);
+            std::fill(row.data() + t + 1, row.data() + T, 0.f);
         }
         gemm(inner, p, values, attended);
-        detail::scatter_group(attended.data(), a, g, out.data());
+        detail::scatter_columns(attended.data(), T, hd, out.data(), out.extent(1), h * hd);
     });
 }
 
@@ -160,27 +146,30 @@ void causal_attention_backward(const E& ex, matrix_view<const float> q, matrix_v
     detail::check_disjoint(op, "dq", dq, "dv", dv);
     detail::check_disjoint(op, "dk", dk, "dv", dv);
 
-    const std::size_t T = a.T, hd = a.head_dim, rows = a.group * T;
+    const std::size_t T = a.T, hd = a.head_dim;
     const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-    detail::for_each_task(ex, a.kv_heads, [&](const auto& inner, std::size_t g) {
-        matrix<float> queries(rows, hd), keys(T, hd), values(T, hd), dattended(rows, hd);
-        matrix<float> dqueries(rows, hd), dkeys(T, hd), dvalues(T, hd);
-        matrix<float> ds(std::min(rows, detail::attention_block), T);
-        detail::gather_group(q.data(), a, g, queries.data());
-        detail::gather_group(dout.data(), a, g, dattended.data());
+    // Each head's share of dk and dv, [H × T × hd]; a group's shares are summed below.
+    matrix<float> dk_share(dims<2>(a.heads * T, hd), uninitialized), dv_share(dims<2>(a.heads * T, hd), uninitialized);
+    detail::for_each_task(ex, a.heads, [&](const auto& inner, std::size_t h) {
+        const std::size_t g = h / a.group;
+        matrix<float> query(T, hd), keys(T, hd), values(T, hd), dattended(T, hd), dquery(T, hd);
+        matrix<float> ds(std::min(T, detail::attention_block), T);
+        detail::gather_columns(q.data(), q.extent(1), h * hd, T, hd, query.data());
+        detail::gather_columns(dout.data(), dout.extent(1), h * hd, T, hd, dattended.data());
         detail::gather_columns(k.data(), k.extent(1), g * hd, T, hd, keys.data());
         detail::gather_columns(v.data(), v.extent(1), g * hd, T, hd, values.data());
-        const auto p = view_of(probs.data() + g * rows * T, rows, T);
+        const auto p = view_of(probs.data() + h * T * T, T, T);
+        const auto dkeys = dk_share.rows(h * T, (h + 1) * T);
 
-        gemm(inner, p, dattended, dvalues, {.transpose_a = true});
-        for (std::size_t r0 = 0; r0 < rows; r0 += detail::attention_block) {
-            const std::size_t r1 = std::min(rows, r0 + detail::attention_block);
+        gemm(inner, p, dattended, dv_share.rows(h * T, (h + 1) * T), {.transpose_a = true});
+        for (std::size_t r0 = 0; r0 < T; r0 += detail::attention_block) {
+            const std::size_t r1 = std::min(T, r0 + detail::attention_block);
             const auto dsb = ds.rows(0, r1 - r0);
             gemm(inner, dattended.rows(r0, r1), values, dsb, {.transpose_b = true}); // dP
-            for (std::size_t r = r0; r < r1; ++r) {
-                const std::size_t visible = r % T + 1;
-                const float* pr = p.data() + r * T;
-                float* dr = dsb.data() + (r - r0) * T;
+            for (std::size_t t = r0; t < r1; ++t) {
+                const std::size_t visible = t + 1;
+                const float* pr = p.data() + t * T;
+                float* dr = dsb.data() + (t - r0) * T;
                 float dot = 0.f;
                 for (std::size_t c = 0; c < visible; ++c)
                     dot += pr[c] * dr[c];
@@ -188,13 +177,28 @@ void causal_attention_backward(const E& ex, matrix_view<const float> q, matrix_v
                     dr[c] = pr[c] * (dr[c] - dot);
                 std::fill(dr + visible, dr + T, 0.f);
             }
-            gemm(inner, dsb, keys, dqueries.rows(r0, r1), {.alpha = scale});
-            gemm(inner, dsb, queries.rows(r0, r1), dkeys,
+            gemm(inner, dsb, keys, dquery.rows(r0, r1), {.alpha = scale});
+            gemm(inner, dsb, query.rows(r0, r1), dkeys,
                  {.transpose_a = true, .alpha = scale, .beta = r0 == 0 ? 0.f : 1.f});
         }
-        detail::scatter_group(dqueries.data(), a, g, dq.data());
-        detail::scatter_columns(dkeys.data(), T, hd, dk.data(), dk.extent(1), g * hd);
-        detail::scatter_columns(dvalues.data(), T, hd, dv.data(), dv.extent(1), g * hd);
+        detail::scatter_columns(dquery.data(), T, hd, dq.data(), dq.extent(1), h * hd);
+    });
+    // dk_g and dv_g: the shares of the group's heads, added in head order.
+    detail::for_each_task(ex, a.kv_heads, [&](const auto&, std::size_t g) {
+        for (std::size_t t = 0; t < T; ++t) {
+            float* dk_row = dk.data() + t * dk.extent(1) + g * hd;
+            float* dv_row = dv.data() + t * dv.extent(1) + g * hd;
+            std::copy_n(dk_share.data() + (g * a.group * T + t) * hd, hd, dk_row);
+            std::copy_n(dv_share.data() + (g * a.group * T + t) * hd, hd, dv_row);
+            for (std::size_t j = 1; j < a.group; ++j) {
+                const float* dk_part = dk_share.data() + ((g * a.group + j) * T + t) * hd;
+                const float* dv_part = dv_share.data() + ((g * a.group + j) * T + t) * hd;
+                for (std::size_t i = 0; i < hd; ++i) {
+                    dk_row[i] += dk_part[i];
+                    dv_row[i] += dv_part[i];
+                }
+            }
+        }
     });
 }
 
