@@ -1,6 +1,6 @@
 #pragma once
-// Householder bidiagonalization of A [p × q], p ≥ q, column-major (LAPACK's xGEBD2), and the
-// back-transformation of the bidiagonal's singular vectors (xORMBR):
+// Householder bidiagonalization of A [p × q], p ≥ q, column-major (LAPACK's xGEBD2); the
+// reflectors are applied back to the bidiagonal's singular vectors in svd_block_reflector.hpp:
 //
 //   A = Q B Pᵀ,  B upper bidiagonal (d [q] on the diagonal, e [q−1] above it)
 //   Q = H₀ H₁ … H_{q−1},   Hₖ = I − τqₖ uₖ uₖᵀ, uₖ = (0…0, 1, A[k+1:p, k])
@@ -134,41 +134,6 @@ bidiagonal_form<Real> bidiagonalize(const E& ex, Real* a, std::size_t p, std::si
         });
     }
     return out;
-}
-
-// c ← Hₖ…H_{k0} c for k from k1−1 down to k0 (descending), reflector k having its implicit 1
-// at row k + shift and its tail at tails[k·ld + k + shift + 1 .. length).
-template <class Real>
-void apply_reflectors(Real* T2_RESTRICT c, std::size_t length, const Real* tails, std::size_t ld,
-                      const Real* tau, std::size_t k0, std::size_t k1, std::size_t shift) {
-    for (std::size_t k = k1; k-- > k0;) {
-        const std::size_t head = k + shift;
-        if (tau[k] == 0 || head >= length)
-            continue;
-        const Real* tail = tails + k * ld + head + 1;
-        const std::size_t n = length - head - 1;
-        const Real w = tau[k] * (c[head] + householder_dot(tail, c + head + 1, n));
-        c[head] -= w;
-        householder_axpy(w, tail, c + head + 1, n);
-    }
-}
-
-// C ← (product of reflectors k = 0..count in ascending order)·C, C [length × cols] with
-// leading dimension ldc. Reflectors go in blocks small enough to stay in L2 while every
-// column of C passes through them once; each column is one task.
-template <class Real, exec::cpu_executor E>
-void back_transform(const E& ex, Real* c, std::size_t length, std::size_t cols, std::size_t ldc,
-                    const Real* tails, std::size_t ld, const Real* tau, std::size_t count,
-                    std::size_t shift) {
-    const std::size_t block =
-        std::max<std::size_t>(8, (std::size_t{256} << 10) / (sizeof(Real) * std::max<std::size_t>(length, 1)));
-    for (std::size_t k1 = count; k1 > 0;) {
-        const std::size_t k0 = k1 > block ? k1 - block : 0;
-        svd_for_each(ex, cols, householder_grain(length * (k1 - k0) / 8), [&](std::size_t j) {
-            apply_reflectors(c + j * ldc, length, tails, ld, tau, k0, k1, shift);
-        });
-        k1 = k0;
-    }
 }
 
 } // namespace adapt::detail
