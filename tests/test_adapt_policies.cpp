@@ -45,17 +45,34 @@ std::vector<double> adapted_matrix(const t2::adapt::svd_factors& f, const std::v
     return w;
 }
 
+// x·Wᵀ [T × out] in double, W [out × in] row-major.
+std::vector<double> times_transposed(const matrix<float>& x, const std::vector<double>& w, std::size_t out) {
+    const std::size_t T = x.extent(0), in = x.extent(1);
+    std::vector<double> y(T * out, 0.0);
+    for (std::size_t t = 0; t < T; ++t)
+        for (std::size_t i = 0; i < out; ++i)
+            for (std::size_t k = 0; k < in; ++k)
+                y[t * out + i] += double(x(t, k)) * w[i * in + k];
+    return y;
+}
+
+// g·W [T × in] in double: dL/dx of the linear loss below.
+std::vector<double> times(const matrix<float>& g, const std::vector<double>& w, std::size_t in) {
+    const std::size_t T = g.extent(0), out = g.extent(1);
+    std::vector<double> dx(T * in, 0.0);
+    for (std::size_t t = 0; t < T; ++t)
+        for (std::size_t k = 0; k < in; ++k)
+            for (std::size_t i = 0; i < out; ++i)
+                dx[t * in + k] += double(g(t, i)) * w[i * in + k];
+    return dx;
+}
+
 // Σ g ⊙ (x·Wᵀ) in double.
 double linear_loss(const matrix<float>& x, const std::vector<double>& w, const matrix<float>& g) {
-    const std::size_t T = x.extent(0), in = x.extent(1), out = g.extent(1);
+    const auto y = times_transposed(x, w, g.extent(1));
     double loss = 0;
-    for (std::size_t t = 0; t < T; ++t)
-        for (std::size_t i = 0; i < out; ++i) {
-            double y = 0;
-            for (std::size_t k = 0; k < in; ++k)
-                y += double(x(t, k)) * w[i * in + k];
-            loss += g(t, i) * y;
-        }
+    for (std::size_t i = 0; i < y.size(); ++i)
+        loss += g.data()[i] * y[i];
     return loss;
 }
 
@@ -181,12 +198,7 @@ TEST_CASE("svf: composed and factored are the definition, with and without resca
                 policy.set_z(ex, z);
                 CHECK(policy.mode() == mode);
                 policy.forward(ex, x.view(), y.view());
-                std::vector<double> expected(T * out, 0.0);
-                for (int t = 0; t < T; ++t)
-                    for (int i = 0; i < out; ++i)
-                        for (int k = 0; k < in; ++k)
-                            expected[t * out + i] += double(x(t, k)) * want[i * in + k];
-                CHECK(relative_error(doubles(y.span()), expected) < 1e-6);
+                CHECK(relative_error(doubles(y.span()), times_transposed(x, want, out)) < 1e-6);
             }
         }
     }
@@ -245,12 +257,7 @@ TEST_CASE("svf, mixture and lora: backward matches finite differences in double"
         CHECK(relative_error(doubles(grad.z), fd) < 1e-3);
         // dx = g·W' exactly (the loss is linear in x).
         const auto wp = adapted_matrix(f, doubles(z), rescale);
-        std::vector<double> dx_want(T * in, 0.0);
-        for (std::size_t t = 0; t < T; ++t)
-            for (std::size_t k = 0; k < in; ++k)
-                for (std::size_t i = 0; i < out; ++i)
-                    dx_want[t * in + k] += double(g(t, i)) * wp[i * in + k];
-        CHECK(relative_error(doubles(dx.span()), dx_want) < 1e-5);
+        CHECK(relative_error(doubles(dx.span()), times(g, wp, in)) < 1e-5);
     }
 
     SUBCASE("mixture: dL/dα and dL/dz_k") {
@@ -313,12 +320,7 @@ TEST_CASE("svf, mixture and lora: backward matches finite differences in double"
         matrix<float> y(T, out);
         policy.forward(ex, x.view(), y.view());
         const auto wp = lora_matrix(a, b);
-        std::vector<double> y_want(T * out, 0.0);
-        for (std::size_t t = 0; t < T; ++t)
-            for (std::size_t i = 0; i < out; ++i)
-                for (std::size_t k = 0; k < in; ++k)
-                    y_want[t * out + i] += double(x(t, k)) * wp[i * in + k];
-        CHECK(relative_error(doubles(y.span()), y_want) < 1e-6);
+        CHECK(relative_error(doubles(y.span()), times_transposed(x, wp, out)) < 1e-6);
 
         auto grad = policy.make_gradient();
         matrix<float> dx(T, in);
@@ -338,12 +340,7 @@ TEST_CASE("svf, mixture and lora: backward matches finite differences in double"
         };
         CHECK(relative_error(doubles(grad.a.span()), fd_of(true)) < 1e-3);
         CHECK(relative_error(doubles(grad.b.span()), fd_of(false)) < 1e-3);
-        std::vector<double> dx_want(T * in, 0.0);
-        for (std::size_t t = 0; t < T; ++t)
-            for (std::size_t k = 0; k < in; ++k)
-                for (std::size_t i = 0; i < out; ++i)
-                    dx_want[t * in + k] += double(g(t, i)) * wp[i * in + k];
-        CHECK(relative_error(doubles(dx.span()), dx_want) < 1e-5);
+        CHECK(relative_error(doubles(dx.span()), times(g, wp, in)) < 1e-5);
     }
 }
 
