@@ -83,7 +83,8 @@ public:
     template <exec::cpu_executor E>
     void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy,
                   matrix_view<float> dx, gradient& grad) const {
-        ops::gemm(ex, dy, base_.weight(), dx);
+        nn::dense<float>::gradient frozen; // the base weight is not trained
+        base_.backward(ex, x, dy, dx, frozen);
         if (!adapted_)
             return;
         const std::size_t T = x.extent(0);

@@ -142,7 +142,8 @@ public:
     void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy,
                   matrix_view<float> dx, gradient& grad) const {
         if (!adapted()) {
-            ops::gemm(ex, dy, base_.weight(), dx);
+            nn::dense<float>::gradient frozen; // the base weight is not trained
+            base_.backward(ex, x, dy, dx, frozen);
             return;
         }
         T2_CHECK(grad.z.size() == rank(), "svf: gradient holds ", grad.z.size(), " values for rank ", rank());
