@@ -4,9 +4,17 @@
 //
 // run(n, f) calls f(task) for every task in [0, n) and returns when all are done. The
 // calling thread works too, so a pool of size 1 has no worker threads at all. Tasks are
-// handed out by an atomic counter (cheap dynamic balancing). A call from inside a task of
-// the same pool runs serially instead of deadlocking. The first exception a task throws is
-// rethrown by run() after every task has finished.
+// handed out by an atomic counter (cheap dynamic balancing). The first exception a task
+// throws is rethrown by run() after every task has finished.
+//
+// Nesting: a run() issued while a job of the same pool is in progress further up the call
+// chain runs its tasks serially on the calling thread, instead of waiting for a pool that is
+// busy with the very job that waits for it. The chain is followed across pools: a task of A
+// that runs B, whose task runs A again (A → B → A), finds A busy even on B's worker threads,
+// because each job carries the chain of pools it was started from.
+//
+// A pool whose threads cannot all be started (the system refuses one) joins those that did
+// start and throws t2::error.
 //
 // Between jobs, workers and the waiting caller spin for a short while (spin_time) before
 // they sleep: a model's forward pass is a chain of short kernels, and waking a sleeping
@@ -20,6 +28,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -35,20 +44,20 @@ public:
         if (n_threads == 0)
             n_threads = std::max(1u, std::thread::hardware_concurrency());
         workers_.reserve(n_threads - 1);
-        for (std::size_t i = 0; i + 1 < n_threads; ++i)
-            workers_.emplace_back([this] { work_loop(); });
+        try {
+            for (std::size_t i = 0; i + 1 < n_threads; ++i)
+                workers_.emplace_back([this] { work_loop(); });
+        } catch (const std::system_error& e) {
+            const std::size_t started = workers_.size();
+            stop_workers();
+            t2::detail::throw_error("thread_pool: could not start thread ", started + 2, " of ", n_threads,
+                                    " (", e.what(), "); the ", started + 1,
+                                    " already running were joined. Ask for fewer threads.");
+        }
     }
     thread_pool(const thread_pool&) = delete;
     thread_pool& operator=(const thread_pool&) = delete;
-    ~thread_pool() {
-        {
-            std::lock_guard lock(mutex_);
-            stopping_.store(true, std::memory_order_release);
-        }
-        wake_.notify_all();
-        for (auto& w : workers_)
-            w.join();
-    }
+    ~thread_pool() { stop_workers(); }
 
     std::size_t size() const noexcept { return workers_.size() + 1; }
 
@@ -56,7 +65,7 @@ public:
     void run(std::size_t n_tasks, F&& task) {
         if (n_tasks == 0)
             return;
-        if (n_tasks == 1 || workers_.empty() || current_pool() == this) {
+        if (n_tasks == 1 || workers_.empty() || busy_up_the_chain()) {
             // Same contract as the parallel path: every task runs, then the first error.
             std::exception_ptr first_error;
             for (std::size_t i = 0; i < n_tasks; ++i) {
@@ -73,6 +82,7 @@ public:
         }
         std::lock_guard one_job_at_a_time(run_mutex_);
         job_ = std::ref(task);
+        job_parent_ = current_frame();
         n_tasks_ = n_tasks;
         next_task_.store(0, std::memory_order_relaxed);
         error_ = nullptr;
@@ -92,13 +102,36 @@ public:
     }
 
 private:
-    static const thread_pool*& current_pool() noexcept {
-        thread_local const thread_pool* pool = nullptr;
-        return pool;
+    // One link per job in progress on a thread: the pool, and the link of the thread that
+    // started the job (which lives on that thread's stack while it waits in run()).
+    struct frame {
+        const thread_pool* pool;
+        const frame* parent;
+    };
+    static const frame*& current_frame() noexcept {
+        thread_local const frame* top = nullptr;
+        return top;
+    }
+    bool busy_up_the_chain() const noexcept {
+        for (const frame* f = current_frame(); f; f = f->parent)
+            if (f->pool == this)
+                return true;
+        return false;
+    }
+
+    void stop_workers() noexcept {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_.store(true, std::memory_order_release);
+        }
+        wake_.notify_all();
+        for (auto& w : workers_)
+            w.join();
     }
 
     void do_tasks() {
-        const thread_pool* outer = std::exchange(current_pool(), this);
+        const frame here{this, job_parent_};
+        const frame* outer = std::exchange(current_frame(), &here);
         for (;;) {
             const std::size_t i = next_task_.fetch_add(1, std::memory_order_relaxed);
             if (i >= n_tasks_)
@@ -111,7 +144,7 @@ private:
                     error_ = std::current_exception();
             }
         }
-        current_pool() = outer;
+        current_frame() = outer;
     }
 
     // Polls `done` for up to spin_time, pausing the core between polls.
@@ -160,6 +193,7 @@ private:
     std::condition_variable wake_;
     std::condition_variable finished_;
     std::function<void(std::size_t)> job_;
+    const frame* job_parent_ = nullptr; // the chain the current job was started from
     std::size_t n_tasks_ = 0;
     std::atomic<std::size_t> next_task_{0};
     std::atomic<std::size_t> generation_{0};

@@ -1,0 +1,140 @@
+#pragma once
+// Tolerances for comparing two f32 evaluations of the same model that differ only in the
+// order of their summations (scalar against SIMD of any width, a gemm against a dot kernel,
+// prefill against decoding), derived from the computation instead of fitted to a machine.
+//
+// 1. One summation. In f32 (unit roundoff u = 2⁻²⁴), a dot product of length n computed in
+//    any order satisfies |fl(s) − s| ≤ γ_n Σ|aᵢbᵢ| with γ_n = nu / (1 − nu) (Higham,
+//    "Accuracy and Stability of Numerical Algorithms", §3.1). That bound is reached only when
+//    every rounding error has the same sign; treating rounding errors as independent and
+//    mean-zero (Higham & Mary, "A new approach to probabilistic rounding error analysis",
+//    SIAM J. Sci. Comput. 41(5), 2019, Thm 3.1) gives
+//        γ̃_n(λ) = exp(λ√n·u + nu²/(1 − u)) − 1
+//    with probability at least 1 − 2n·exp(−λ²(1 − u)²/2). λ = 8 leaves about 10⁻¹⁰ for the
+//    chain lengths below: a check failing by chance is not a possibility we budget for.
+//
+// 2. Through the model. Every block starts from rmsnorm(x): a relative error ρ of the residual
+//    stream x becomes (to first order) the same relative error of the normalized x̂, because
+//    x̂ = √D · x/‖x‖ and the derivative of x/‖x‖ is a projection scaled by 1/‖x‖. The errors of
+//    the chains of summations a token's value passes through therefore add up as relative
+//    errors: per block D (q, k, v) + head_dim (scores) + 2·context (softmax denominator and
+//    the weighted values) + D (wo) + D (w1, w3) + hidden_dim (w2) + 2·D (the two norms'
+//    sums of squares); then D (final norm) and D (classifier). The chain length N is their
+//    sum, and the relative error of what reaches the classifier is at most γ̃_N. This takes
+//    the sublayers to be well conditioned relative to the normalized stream (no cancellation
+//    that amplifies relative error), which holds for trained and random-weight models alike;
+//    a kernel bug moves logits by far more than the bound (tests/test_nn_llama.cpp shows it).
+//
+// 3. One logit. zᵢ = Σⱼ hⱼWᵢⱼ with h = g ⊙ x̂, so by Cauchy–Schwarz
+//        Σⱼ |hⱼWᵢⱼ| ≤ ‖g‖_∞ ‖x̂‖₂ ‖Wᵢ‖₂ = ‖g‖_∞ √D ‖Wᵢ‖₂ =: sᵢ,
+//    a magnitude known from the weights alone. Each evaluation is within γ̃_N·sᵢ of the exact
+//    logit; two evaluations are within twice that of each other.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "t2/core/dtype.hpp"
+#include "t2/nn/config.hpp"
+
+namespace t2_test {
+
+inline constexpr double unit_roundoff = 0x1p-24; // f32, round to nearest
+inline constexpr double rounding_lambda = 8;
+
+// γ̃_n(λ) of Higham & Mary (probabilistic bound on a length-n f32 summation, relative to the
+// sum of the magnitudes).
+inline double summation_error_bound(std::size_t n, double lambda = rounding_lambda) {
+    const double u = unit_roundoff;
+    return std::expm1(lambda * std::sqrt(double(n)) * u + double(n) * u * u / (1 - u));
+}
+
+// N of the model comment above: the summation lengths a logit depends on, through every block,
+// for a context of `context` positions.
+template <class Config>
+std::size_t summation_chain_length(const Config& c, std::size_t context) {
+    const std::size_t per_block = std::size_t(c.dim) + t2::nn::head_dim(c) + 2 * context + std::size_t(c.dim) +
+                                  std::size_t(c.dim) + std::size_t(c.hidden_dim) + 2 * std::size_t(c.dim);
+    return std::size_t(c.n_layers) * per_block + 2 * std::size_t(c.dim);
+}
+
+// Per-logit bound (one entry per vocabulary entry) on |z − z'| for two f32 evaluations of
+// `model` over `context` positions that differ in summation order: 2·γ̃_N·sᵢ. A matrix rebuilt
+// from factors (an SVF W' = U diag(σ ⊙ z) Vᵀ of rank r, composed or applied factored) is one
+// more summation of length r on the chain: pass their sum as `extra_chain`.
+template <class Model>
+std::vector<float> logit_order_tolerance(const Model& model, std::size_t context, std::size_t extra_chain = 0) {
+    const auto& c = model.config();
+    const auto& w = model.weights();
+    double g_max = 0;
+    for (std::size_t j = 0; j < w.final_norm.size(); ++j)
+        g_max = std::max(g_max, std::abs(double(w.final_norm[j])));
+    const auto classifier = w.classifier.weight().weight();
+    const double relative = 2 * summation_error_bound(summation_chain_length(c, context) + extra_chain);
+    std::vector<float> bound(classifier.extent(0));
+    for (std::size_t i = 0; i < bound.size(); ++i) {
+        double row = 0;
+        for (std::size_t j = 0; j < classifier.extent(1); ++j) {
+            const double v = t2::to_f32(classifier(i, j));
+            row += v * v;
+        }
+        bound[i] = float(relative * g_max * std::sqrt(double(c.dim)) * std::sqrt(row));
+    }
+    return bound;
+}
+
+// Bound on |L − L'| for a mean next-token cross-entropy over the same logits evaluated in
+// two summation orders: −log softmax(z)_y = log Σ exp(z) − z_y moves by at most
+// max|Δz| + |Δz_y| ≤ 2·max bound, and a mean of such terms by no more.
+template <class Model>
+double loss_order_tolerance(const Model& model, std::size_t context) {
+    const auto bound = logit_order_tolerance(model, context);
+    return 2 * double(*std::max_element(bound.begin(), bound.end()));
+}
+
+struct bounded_comparison {
+    bool ok = true;
+    double worst_ratio = 0; // max |got − want| / bound
+    std::size_t worst_index = 0;
+    double got = 0, want = 0, bound = 0;
+};
+
+// |got[i] − want[i]| ≤ bound[i mod bound.size()] for every i (rows of logits share the
+// per-vocabulary bound). NaN fails.
+inline bounded_comparison compare_within(std::span<const float> got, std::span<const float> want,
+                                         std::span<const float> bound) {
+    REQUIRE(got.size() == want.size());
+    REQUIRE(!bound.empty());
+    bounded_comparison c;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double b = bound[i % bound.size()];
+        const double diff = std::abs(double(got[i]) - double(want[i]));
+        const double ratio = diff == 0 ? 0 : diff / b;
+        if (!(ratio <= 1))
+            c.ok = false;
+        if (!(ratio <= c.worst_ratio)) {
+            c.worst_ratio = std::isnan(ratio) ? INFINITY : ratio;
+            c.worst_index = i;
+            c.got = got[i];
+            c.want = want[i];
+            c.bound = b;
+        }
+    }
+    return c;
+}
+
+} // namespace t2_test
+
+// Checks got against want within per-element bounds and prints the worst element.
+#define T2_CHECK_WITHIN(GOT, WANT, BOUND)                                                        \
+    do {                                                                                         \
+        const auto t2_within = ::t2_test::compare_within((GOT), (WANT), (BOUND));                \
+        INFO("worst element " << t2_within.worst_index << ": got " << t2_within.got << ", want "  \
+                              << t2_within.want << ", |difference| = "                          \
+                              << std::abs(t2_within.got - t2_within.want) << " is "             \
+                              << t2_within.worst_ratio << " of its bound " << t2_within.bound); \
+        CHECK(t2_within.ok);                                                                     \
+    } while (0)
