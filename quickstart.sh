@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PACKAGES=(
-    build-essential g++ clang cmake ninja-build meson pkg-config
+    build-essential g++ clang cmake ninja-build meson pkg-config ccache
     libxsimd-dev doctest-dev libbenchmark-dev libopenblas-dev liblapacke-dev
     python3-numpy python3-torch
 )
@@ -107,6 +107,13 @@ run_tests() {
 }
 
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+# Compiles go through ccache when it is installed (Meson picks it up by itself). The base
+# directory makes its keys independent of where the checkout lies, so a fresh clone in
+# another folder reuses what an earlier build of the same sources compiled.
+if command -v ccache >/dev/null && [[ -z ${CMAKE_CXX_COMPILER_LAUNCHER:-} ]]; then
+    export CMAKE_CXX_COMPILER_LAUNCHER=ccache
+    export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
+fi
 
 case ${1:-} in
 demo) shift; demo "$@" ;;

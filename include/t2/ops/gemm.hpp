@@ -88,7 +88,7 @@ void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
 // wide W), rows for weight gradients such as dyᵀ·x of a 32000-wide classifier, whose A would
 // otherwise be packed once per thread.
 template <class Inner, class TB>
-void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
+void gemm_split_c(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
     constexpr std::size_t block = 64; // a multiple of every micro-tile width
     // Below these sizes a split costs more than it saves. Few-row products are bound by
     // streaming B, so they pay off sooner: at 32K elements of B a thread still reads 64 KiB.
@@ -110,6 +110,26 @@ void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
         });
     }
 }
+
+template <class Inner, class TB>
+void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
+    gemm_split_c(ex, g);
+}
+
+#if T2_ENABLE_SIMD
+// With SIMD pieces, a product with a few micro-tiles of rows for every thread shares each
+// packed block of B among the threads (gemm_packed_shared_b) instead of packing it once per
+// thread; x·Wᵀ for a few tokens still splits W's rows (C's columns) as above.
+template <class Arch, class TB>
+void gemm(const exec::threads<exec::simd<Arch>>& ex, const gemm_args<TB>& g) {
+    using blk = gemm_blocking<Arch>;
+    const std::size_t threads = ex.concurrency();
+    if (threads > 1 && g.m >= threads * 4 * blk::mr && g.n >= blk::nr && g.k > 0 &&
+        g.m * g.n * g.k >= (std::size_t{1} << 18))
+        return gemm_packed_shared_b<Arch>(g, threads, [&](std::size_t n, auto&& f) { ex.pool().run(n, f); });
+    gemm_split_c(ex, g);
+}
+#endif
 
 template <exec::cpu_executor E, class TB>
 void gemm_impl(const E& ex, matrix_view<const float> a, matrix_view<const TB> b, matrix_view<float> c,

@@ -64,8 +64,8 @@ struct gemm_blocking {
     static constexpr std::size_t nr = nv * lanes;
     static constexpr std::size_t mr = lanes >= 16 ? 10 : 6;
     static constexpr std::size_t kc = lanes >= 16 ? 384 : 256;
-    static constexpr std::size_t mc = mr * 16;
-    static constexpr std::size_t nc = nr * 128;
+    static constexpr std::size_t mc = lanes >= 16 ? mr * 16 : 144;
+    static constexpr std::size_t nc = lanes >= 16 ? nr * 128 : 4080;
 };
 
 // Packs rows [i0, i0+m) × columns [k0, k0+kc) of op(A) into mr-row micro-panels, each
@@ -248,14 +248,43 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
         }
 }
 
+// Rows [i0, i0+m) of C's column block [j0, j0+nc) for one k block: packs that slice of A
+// and runs the micro-kernel over it against the already packed B block.
+template <class Arch, class TB>
+void gemm_row_blocks(const gemm_args<TB>& g, std::size_t i0, std::size_t m, std::size_t j0, std::size_t nc,
+                     std::size_t k0, std::size_t kc, const float* packed_b, float* packed_a) {
+    using blk = gemm_blocking<Arch>;
+    // The first k block applies the caller's beta; later ones accumulate.
+    const float beta = k0 == 0 ? g.beta : 1.f;
+    for (std::size_t ib = i0; ib < i0 + m; ib += blk::mc) {
+        const std::size_t mc = std::min(blk::mc, i0 + m - ib);
+        pack_a<blk::mr>(g, ib, mc, k0, kc, packed_a);
+        for (std::size_t jr = 0; jr < nc; jr += blk::nr) {
+            const float* bp = packed_b + (jr / blk::nr) * kc * blk::nr;
+            for (std::size_t ir = 0; ir < mc; ir += blk::mr) {
+                const float* ap = packed_a + (ir / blk::mr) * kc * blk::mr;
+                micro_kernel<Arch, blk::mr, blk::nv>(kc, ap, bp, g.c + (ib + ir) * g.ldc + j0 + jr, g.ldc,
+                                                     std::min(blk::mr, mc - ir), std::min(blk::nr, nc - jr),
+                                                     g.alpha, beta);
+            }
+        }
+    }
+}
+
+inline constexpr std::size_t round_up(std::size_t x, std::size_t to) { return (x + to - 1) / to * to; }
+
+// Floats of one packed A block (kc × mc, rounded so that what follows stays aligned).
+template <class Arch>
+std::size_t packed_a_floats(std::size_t m, std::size_t k) {
+    using blk = gemm_blocking<Arch>;
+    return round_up(std::min(blk::kc, k) * round_up(std::min(blk::mc, m), blk::mr), tensor_alignment / sizeof(float));
+}
+
 // Blocked, packed gemm on one thread; the packing buffers are sized to the problem.
 template <class Arch, class TB>
 void gemm_packed(const gemm_args<TB>& g) {
     using blk = gemm_blocking<Arch>;
-    const auto round_up = [](std::size_t x, std::size_t to) { return (x + to - 1) / to * to; };
-    // Packed B follows packed A and must start on an aligned boundary too.
-    const std::size_t a_size = round_up(
-        std::min(blk::kc, g.k) * round_up(std::min(blk::mc, g.m), blk::mr), tensor_alignment / sizeof(float));
+    const std::size_t a_size = packed_a_floats<Arch>(g.m, g.k);
     const std::size_t b_size = std::min(blk::kc, g.k) * round_up(std::min(blk::nc, g.n), blk::nr);
     aligned_buffer<float> workspace(a_size + b_size, uninitialized);
     float* packed_a = workspace.data();
@@ -264,22 +293,44 @@ void gemm_packed(const gemm_args<TB>& g) {
         const std::size_t nc = std::min(blk::nc, g.n - j0);
         for (std::size_t k0 = 0; k0 < g.k; k0 += blk::kc) {
             const std::size_t kc = std::min(blk::kc, g.k - k0);
-            // The first k block applies the caller's beta; later ones accumulate.
-            const float beta = k0 == 0 ? g.beta : 1.f;
             pack_b<blk::nr>(g, k0, kc, j0, nc, packed_b);
-            for (std::size_t i0 = 0; i0 < g.m; i0 += blk::mc) {
-                const std::size_t mc = std::min(blk::mc, g.m - i0);
-                pack_a<blk::mr>(g, i0, mc, k0, kc, packed_a);
-                for (std::size_t jr = 0; jr < nc; jr += blk::nr) {
-                    const float* bp = packed_b + (jr / blk::nr) * kc * blk::nr;
-                    for (std::size_t ir = 0; ir < mc; ir += blk::mr) {
-                        const float* ap = packed_a + (ir / blk::mr) * kc * blk::mr;
-                        micro_kernel<Arch, blk::mr, blk::nv>(
-                            kc, ap, bp, g.c + (i0 + ir) * g.ldc + j0 + jr, g.ldc,
-                            std::min(blk::mr, mc - ir), std::min(blk::nr, nc - jr), g.alpha, beta);
-                    }
-                }
-            }
+            gemm_row_blocks<Arch>(g, 0, g.m, j0, nc, k0, kc, packed_b, packed_a);
+        }
+    }
+}
+
+// The packed gemm on `threads` threads that share each packed block of B (BLIS's scheme):
+// for every kc × nc block of op(B), the threads first pack a share of its micro-panels each,
+// then each computes its own rows of C against the whole shared block, packing its own A.
+// B is packed once in all instead of once per thread, and each element of C is summed in the
+// same order as on one thread (bitwise the same result). run(n, f) calls f(0..n-1) in
+// parallel and returns when all are done (a thread_pool's run).
+template <class Arch, class TB, class Run>
+void gemm_packed_shared_b(const gemm_args<TB>& g, std::size_t threads, Run&& run) {
+    using blk = gemm_blocking<Arch>;
+    // Rows per thread: whole micro-tiles, as even as they come.
+    const std::size_t rows = round_up((g.m + threads - 1) / threads, blk::mr);
+    const std::size_t a_size = packed_a_floats<Arch>(std::min(rows, g.m), g.k);
+    const std::size_t b_size = std::min(blk::kc, g.k) * round_up(std::min(blk::nc, g.n), blk::nr);
+    aligned_buffer<float> workspace(threads * a_size + b_size, uninitialized);
+    float* packed_b = workspace.data() + threads * a_size;
+    for (std::size_t j0 = 0; j0 < g.n; j0 += blk::nc) {
+        const std::size_t nc = std::min(blk::nc, g.n - j0);
+        const std::size_t panels = (nc + blk::nr - 1) / blk::nr;
+        for (std::size_t k0 = 0; k0 < g.k; k0 += blk::kc) {
+            const std::size_t kc = std::min(blk::kc, g.k - k0);
+            run(threads, [&](std::size_t t) {
+                const std::size_t p0 = panels * t / threads, p1 = panels * (t + 1) / threads;
+                if (p0 < p1)
+                    pack_b<blk::nr>(g, k0, kc, j0 + p0 * blk::nr, std::min(nc, p1 * blk::nr) - p0 * blk::nr,
+                                    packed_b + p0 * kc * blk::nr);
+            });
+            run(threads, [&](std::size_t t) {
+                const std::size_t i0 = t * rows;
+                if (i0 < g.m)
+                    gemm_row_blocks<Arch>(g, i0, std::min(rows, g.m - i0), j0, nc, k0, kc, packed_b,
+                                          workspace.data() + t * a_size);
+            });
         }
     }
 }
@@ -294,29 +345,39 @@ T2_ALWAYS_INLINE void dot_rows(std::size_t k, const float* a, std::size_t lda, c
                                float* c, std::size_t ldc, float alpha, float beta) {
     using batch = xsimd::batch<float, Arch>;
     constexpr std::size_t L = batch::size;
-    // Two accumulators per row of A, so consecutive FMAs never wait on each other.
-    batch acc0[RM], acc1[RM];
+    // Independent accumulators per row of A, so that consecutive FMAs never wait on each
+    // other: an FMA's latency (4 cycles) times the two FMA pipes asks for 8 chains. With one
+    // row (decoding) two chains capped a bf16 stream at about 0.5 FMA per cycle, close to
+    // what memory delivers; four keep the row ahead of it.
+    constexpr std::size_t NA = RM == 1 ? 4 : 2;
+    batch acc[RM][NA];
 #pragma GCC unroll 8
     for (std::size_t i = 0; i < RM; ++i)
-        acc0[i] = acc1[i] = batch(0.f);
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NA; ++v)
+            acc[i][v] = batch(0.f);
     std::size_t kk = 0;
-    for (; kk + 2 * L <= k; kk += 2 * L) {
-        const batch w0 = load_f32<Arch>(w + kk), w1 = load_f32<Arch>(w + kk + L);
+    for (; kk + NA * L <= k; kk += NA * L) {
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < NA; ++v) {
+            const batch wv = load_f32<Arch>(w + kk + v * L);
 #pragma GCC unroll 8
-        for (std::size_t i = 0; i < RM; ++i) {
-            acc0[i] = xsimd::fma(batch::load_unaligned(a + i * lda + kk), w0, acc0[i]);
-            acc1[i] = xsimd::fma(batch::load_unaligned(a + i * lda + kk + L), w1, acc1[i]);
+            for (std::size_t i = 0; i < RM; ++i)
+                acc[i][v] = xsimd::fma(batch::load_unaligned(a + i * lda + kk + v * L), wv, acc[i][v]);
         }
     }
-    if (kk + L <= k) {
-        const batch w0 = load_f32<Arch>(w + kk);
+    for (; kk + L <= k; kk += L) {
+        const batch wv = load_f32<Arch>(w + kk);
 #pragma GCC unroll 8
         for (std::size_t i = 0; i < RM; ++i)
-            acc0[i] = xsimd::fma(batch::load_unaligned(a + i * lda + kk), w0, acc0[i]);
-        kk += L;
+            acc[i][0] = xsimd::fma(batch::load_unaligned(a + i * lda + kk), wv, acc[i][0]);
     }
     for (std::size_t i = 0; i < RM; ++i) {
-        float sum = t2::detail::reduce_add(acc0[i] + acc1[i]);
+        batch total = acc[i][0];
+#pragma GCC unroll 4
+        for (std::size_t v = 1; v < NA; ++v)
+            total += acc[i][v];
+        float sum = t2::detail::reduce_add(total);
         for (std::size_t t = kk; t < k; ++t)
             sum += a[i * lda + t] * to_f32(w[t]);
         float& dst = c[i * ldc];
