@@ -12,13 +12,13 @@
 //     faulted in on first use and may be dropped again by the kernel under memory pressure.
 //
 // Why read is the default, measured on a 167 MB stories42M-shaped llama2.c checkpoint in the
-// page cache, one thread (benchmarks/README.md, "Loading"): greedy decode runs at 125 tok/s
-// from the read image against 90-100 tok/s from the mapping, at the same peak resident size
-// (180 MB). A mapping gets 4 KiB TLB entries except where the page cache happens to hold
+// page cache, one thread (benchmarks/README.md, "Loading"): greedy decode runs at 142-166
+// tok/s from the read image against 95-97 tok/s from the mapping, at the same peak resident
+// size (180 MB). A mapping gets 4 KiB TLB entries except where the page cache happens to hold
 // 2 MiB folios (55 of the 167 MB here), and MADV_HUGEPAGE cannot change that: a read-only
 // file mapping is not THP-eligible. Reading costs ~30 ms (pread into huge pages); time to
-// first token is then 0.10 s against 0.13 s mapped (run.c: 0.12 s), except where fresh
-// memory is slow to fault in (a VM whose host reclaims freed guest memory: 0.40 s there).
+// first token is then 0.07 s against 0.12 s mapped (run.c: 0.12 s), except where fresh
+// memory is slow to fault in (a VM whose host reclaims freed guest memory: 0.37 s there).
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
