@@ -64,7 +64,8 @@ constexpr const char* generate_usage =
     "  --seed S            random seed (default: the current time)\n"
     "  --threads N         threads (default: all hardware threads)\n"
     "  --dtype f32|bf16    weights in memory: f32 (default) or bf16 (half the bytes per token)\n"
-    "  --mmap              run f32 weights from the mapped file instead of a copy in memory\n"
+    "  --mmap              run f32 weights from the mapped file instead of reading it into\n"
+    "                      huge-page memory (same memory, slower decode)\n"
     "  --ids               print the token ids (prompt included) instead of the text\n"
     "  --decomposition F   the model's SVD (from 't2 decompose'), for --expert\n"
     "  --expert FILE       run with an SVF expert applied (f32 weights)\n"
@@ -164,9 +165,17 @@ private:
     std::map<std::string, std::string> values_;
 };
 
-// Runs body(model) with the weights as --dtype and --mmap ask: f32 copied into huge-page
-// memory (the default: a single core then streams ~1.8x faster than from the 4 KiB pages
-// of the mapped file), f32 left in the mapping (--mmap: no copy, less memory), or bf16.
+// How generate and logits load the checkpoint: read into huge-page memory (the default: the
+// f32 weights are used where they lie, and a single core streams them ~1.8x faster than from
+// the 4 KiB pages of a mapping), or mapped with --mmap, or mapped with --dtype bf16 (the f32
+// file is only read once, to convert it).
+t2::io::load_options load_options_for(const arguments& args) {
+    const bool map = args.has("--mmap") || args.get("--dtype").value_or("f32") == "bf16";
+    return {.mode = map ? t2::io::load_mode::map : t2::io::load_mode::read};
+}
+
+// Runs body(model) with the weights as --dtype and --mmap ask: f32 where the reader left them
+// (in the file image, read or mapped as load_options_for chose), or converted to bf16.
 template <class Body>
 void with_model(const arguments& args, t2::io::checkpoint ck, std::size_t tokens, Body&& body) {
     const std::string dtype = args.get("--dtype").value_or("f32");
@@ -188,10 +197,7 @@ void with_model(const arguments& args, t2::io::checkpoint ck, std::size_t tokens
         body(t2::nn::llama<t2::nn::llama_config, t2::nn::dense<t2::bf16>>(
             ck.config, t2::nn::convert_weights<t2::bf16>(ck.weights)));
     } else if (dtype == "f32") {
-        if (args.has("--mmap"))
-            body(model_type(ck.config, std::move(ck.weights)));
-        else
-            body(model_type(ck.config, t2::nn::convert_weights<float>(ck.weights)));
+        body(model_type(ck.config, std::move(ck.weights)));
     } else {
         throw usage_error("--dtype wants f32 or bf16, got '" + dtype + "'");
     }
@@ -245,7 +251,7 @@ int generate(int argc, char** argv) {
     std::size_t steps = args.number<std::size_t>("--steps", 256, 0, std::size_t{1} << 24);
     const bool print_ids = args.has("--ids");
 
-    t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
+    t2::io::checkpoint ck = t2::io::load_checkpoint(model_path, load_options_for(args));
     const t2::io::tokenizer tok = find_tokenizer(args, ck, model_path);
     if (tok.vocab_size() != ck.config.vocab_size)
         throw t2::error("the tokenizer has " + std::to_string(tok.vocab_size()) +
@@ -320,7 +326,7 @@ int logits(int argc, char** argv) {
     }
     const std::string model_path = args.required("--model");
     const std::vector<std::int32_t> tokens = parse_ids(args.required("--tokens"));
-    t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
+    t2::io::checkpoint ck = t2::io::load_checkpoint(model_path, load_options_for(args));
     if (tokens.size() > ck.config.seq_len)
         throw usage_error(std::to_string(tokens.size()) + " tokens exceed the model's context of " +
                           std::to_string(ck.config.seq_len));
@@ -370,7 +376,8 @@ int info(int argc, char** argv) {
     if (args.has("--matrices") && !args.has("--adapter"))
         throw usage_error("--matrices goes with --adapter");
     const std::string model_path = args.required("--model");
-    const t2::io::checkpoint ck = t2::io::load_checkpoint(model_path);
+    // Mapped: describing a model reads little of it.
+    const t2::io::checkpoint ck = t2::io::load_checkpoint(model_path, {.mode = t2::io::load_mode::map});
     const auto& c = ck.config;
     std::printf("file          %s\nformat        %s\n", model_path.c_str(), ck.format.c_str());
     std::printf("dim           %zu\nhidden_dim    %zu\nn_layers      %zu\nn_heads       %zu\n"

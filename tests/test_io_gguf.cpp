@@ -621,11 +621,33 @@ TEST_CASE("gguf: a written tiny model loads with the values written") {
     }
 }
 
-TEST_CASE("gguf: F32 tensors of a mapped file are views, of a memory image copies") {
+TEST_CASE("gguf: stories260K.gguf read into memory and mapped give bit-identical logits") {
+    const auto read = t2::io::read_gguf(shared("stories260K.gguf"));
+    const auto mapped = t2::io::read_gguf(shared("stories260K.gguf"), {.mode = t2::io::load_mode::map});
+    CHECK(read.weights.token_embedding.data() != mapped.weights.token_embedding.data());
+    // The image starts page-aligned, so F32 tensors keep the file's 32-byte alignment.
+    CHECK(reinterpret_cast<std::uintptr_t>(read.weights.token_embedding.data()) % 32 == 0);
+    const model_t a(read.config, read.weights), b(mapped.config, mapped.weights);
+    const std::vector<std::int32_t> tokens{1, 403, 407, 261, 378, 432, 383, 286};
+    auto sa = a.make_state(16), sb = b.make_state(16);
+    const t2::exec::scalar ex;
+    const auto la = a.forward(ex, sa, tokens, t2::nn::logits_for::all);
+    const auto lb = b.forward(ex, sb, tokens, t2::nn::logits_for::all);
+    REQUIRE(la.size() == lb.size());
+    CHECK(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0);
+    // A truncated file is an error naming it, either way.
+    const bytes_t whole = read_all(shared("stories260K.gguf"));
+    const std::string cut = t2_test::temp_dir() + "/cut.gguf";
+    std::ofstream(cut, std::ios::binary).write(reinterpret_cast<const char*>(whole.data()), std::streamsize(whole.size() - 100));
+    for (const auto mode : {t2::io::load_mode::read, t2::io::load_mode::map})
+        CHECK_THROWS_WITH_AS(t2::io::read_gguf(cut, {.mode = mode}), doctest::Contains("cut.gguf"), t2::error);
+}
+
+TEST_CASE("gguf: F32 tensors of a file are views of its image, of a memory image copies") {
     const bytes_t file = tiny_bytes();
     const std::string path = t2_test::temp_dir() + "/view.gguf";
     std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(file.data()), std::streamsize(file.size()));
-    const auto mapped = t2::io::read_gguf(path);
+    const auto mapped = t2::io::read_gguf(path, {.mode = t2::io::load_mode::map});
     std::remove(path.c_str()); // the mapping stays valid
     const auto copied = parse(file);
     // attn_v is F32: in the image (not copied) for the mapped file only.

@@ -948,9 +948,20 @@ TEST_CASE("huggingface: model directories load with exactly the weights written 
         for (const std::size_t shards : {1, 2, 3}) {
             INFO(shards << " shard(s)");
             write_hf(dir, hf_config(s), tensors, shards);
-            const auto ck = io::read_huggingface(dir);
-            CHECK(ck.format == (shards == 1 ? "safetensors" : "safetensors (" + std::to_string(shards) + " shards)"));
-            check_loaded(ck, s, tensors);
+            // Read into memory (the default) and mapped: the same weights.
+            for (const auto mode : {io::load_mode::read, io::load_mode::map}) {
+                INFO((mode == io::load_mode::read ? "read" : "mapped"));
+                const auto ck = io::read_huggingface(dir, {.mode = mode});
+                CHECK(ck.format == (shards == 1 ? "safetensors" : "safetensors (" + std::to_string(shards) + " shards)"));
+                check_loaded(ck, s, tensors);
+            }
+            if (shards == 1) {
+                // Read, the data section (and so the first tensor) starts 64-byte aligned.
+                const io::safetensors_file f(dir + "/model.safetensors", {.mode = io::load_mode::read});
+                const auto first = std::ranges::min_element(f.tensors(), {}, &io::safetensors_tensor::offset);
+                CHECK(first->offset == 8 + f.header_size());
+                CHECK(reinterpret_cast<std::uintptr_t>(first->data.data()) % 64 == 0);
+            }
             // The same model from any of its files.
             CHECK(io::read_huggingface(dir + "/config.json").config.dim == s.dim);
             const std::string weights = dir + (shards == 1 ? "/model.safetensors" : "/model.safetensors.index.json");

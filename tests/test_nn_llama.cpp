@@ -2,6 +2,8 @@
 // token ids of llama2.c's run.c (tests/data/stories260K_greedy_runc.txt), every executor
 // gives the same logits, and prefill agrees with token-by-token decoding.
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -207,7 +209,9 @@ TEST_CASE("llama2.c reader rejects truncated and malformed files") {
                             bytes.size() / 2, bytes.size() - 1}) {
         CAPTURE(cut);
         write(bytes.substr(0, cut));
-        CHECK_THROWS_AS(t2::io::read_llama2c(tmp), t2::error);
+        CHECK_THROWS_WITH_AS(t2::io::read_llama2c(tmp), doctest::Contains("corrupt.bin"), t2::error);
+        CHECK_THROWS_WITH_AS(t2::io::read_llama2c(tmp, {.mode = t2::io::load_mode::map}),
+                             doctest::Contains("corrupt.bin"), t2::error);
     }
     write(bytes + "extra");
     CHECK_THROWS_AS(t2::io::read_llama2c(tmp), t2::error);
@@ -220,6 +224,41 @@ TEST_CASE("llama2.c reader rejects truncated and malformed files") {
         CAPTURE(field);
         CHECK_THROWS_AS(t2::io::read_llama2c(tmp), t2::error);
     }
-    CHECK_THROWS_WITH_AS(t2::io::read_llama2c(models + "/does-not-exist.bin"),
-                         doctest::Contains("does-not-exist.bin"), t2::error);
+    for (const auto mode : {t2::io::load_mode::read, t2::io::load_mode::map}) {
+        CHECK_THROWS_WITH_AS(t2::io::read_llama2c(models + "/does-not-exist.bin", {.mode = mode}),
+                             doctest::Contains("does-not-exist.bin"), t2::error);
+        CHECK_THROWS_WITH_AS(t2::io::read_llama2c(t2_test::temp_dir(), {.mode = mode}),
+                             doctest::Contains("not a regular file"), t2::error);
+    }
+}
+
+TEST_CASE("llama2.c: the file read into memory and the file mapped give bit-identical logits") {
+    const auto read = t2::io::read_llama2c(models + "/stories260K.bin");
+    const auto mapped = t2::io::read_llama2c(models + "/stories260K.bin", {.mode = t2::io::load_mode::map});
+    // Read, the tensors after the 28-byte version-0 header start 64-byte aligned.
+    CHECK(reinterpret_cast<std::uintptr_t>(read.weights.token_embedding.data()) % 64 == 0);
+    CHECK(read.weights.token_embedding.data() != mapped.weights.token_embedding.data());
+    const model_type a(read.config, read.weights), b(mapped.config, mapped.weights);
+    const std::vector<std::int32_t> tokens{1, 403, 407, 261, 378, 432, 383, 286, 511, 0};
+    const auto run = [&](const auto& ex) {
+        auto sa = a.make_state(), sb = b.make_state();
+        const auto la = a.forward(ex, sa, tokens, t2::nn::logits_for::all);
+        const auto lb = b.forward(ex, sb, tokens, t2::nn::logits_for::all);
+        REQUIRE(la.size() == lb.size());
+        CHECK(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0);
+    };
+    run(t2::exec::scalar{});
+    t2::exec::thread_pool pool(2);
+    run(t2::exec::threads<t2::exec::simd<>>(pool));
+
+    // The image owns its bytes: the weights outlive the file.
+    const std::string tmp = t2_test::temp_dir() + "/gone.bin";
+    {
+        std::ifstream in(models + "/stories260K.bin", std::ios::binary);
+        std::ofstream(tmp, std::ios::binary) << in.rdbuf();
+    }
+    const auto kept = t2::io::read_llama2c(tmp);
+    std::remove(tmp.c_str());
+    CHECK(std::memcmp(kept.weights.token_embedding.data(), read.weights.token_embedding.data(),
+                      read.weights.token_embedding.size() * sizeof(float)) == 0);
 }

@@ -65,6 +65,17 @@ a=$("$t2" generate --model "$bin" --tokenizer "$tok" --seed 7 --steps 60 --ids 2
 b=$("$t2" generate --model "$bin" --tokenizer "$tok" --seed 7 --steps 60 --ids --threads 1 2>/dev/null)
 [[ -n $a && $a == "$b" ]] && pass || fail "same seed, different samples"
 
+# The file read into memory (default) and left mapped (--mmap) give bit-identical logits.
+for model in "$bin" "$models/stories260K.gguf"; do
+    a=$("$t2" logits --model "$model" --tokens 1,403,407,261 --all 2>&1)
+    b=$("$t2" logits --model "$model" --tokens 1,403,407,261 --all --mmap 2>&1)
+    [[ -n $a && $a == "$b" ]] && pass || fail "logits of $model differ with --mmap"
+done
+head -c 100000 "$bin" >"$tmp/cut.bin"
+expect_exit 1 "$t2" logits --model "$tmp/cut.bin" --tokens 1
+grep -q "cut.bin" "$tmp/err" || fail "the error does not name the truncated file"
+expect_exit 1 "$t2" logits --model "$tmp/cut.bin" --tokens 1 --mmap
+
 # Logits: text and .npy agree, shapes are right.
 "$t2" logits --model "$bin" --tokens 1,403,407 >"$tmp/logits.txt" 2>"$tmp/err" || fail "logits: $(cat "$tmp/err")"
 "$t2" logits --model "$bin" --tokens 1,403,407 --out "$tmp/last.npy" || fail "logits --out"

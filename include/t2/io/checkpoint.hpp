@@ -1,7 +1,8 @@
 #pragma once
 // What every checkpoint reader returns: the model's configuration and f32 weights (views
-// into the mapped file where the stored type allows, dequantized copies otherwise), the
-// tokenizer when the file embeds one, and a record of the stored tensors for `t2 info`.
+// into the file's image, io::file_image, where the stored type allows, converted copies
+// otherwise), the tokenizer when the file embeds one, and a record of the stored tensors for
+// `t2 info`.
 #include <cstddef>
 #include <optional>
 #include <string>

@@ -1,6 +1,6 @@
 #pragma once
 // GGUF checkpoints (the model format of ggml / llama.cpp, versions 2 and 3) of Llama-
-// architecture models, memory-mapped; the embedded SentencePiece vocabulary becomes an
+// architecture models, read or mapped (io::file_image); the embedded SentencePiece vocabulary becomes an
 // io::tokenizer.
 //
 // File layout (little-endian; str = uint64 byte length, then that many UTF-8 bytes):
@@ -91,7 +91,7 @@
 #include "t2/core/dtype.hpp"
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/detail/sizes.hpp"
-#include "t2/io/mapped_file.hpp"
+#include "t2/io/file_image.hpp"
 #include "t2/io/tokenizer.hpp"
 
 T2_NAMESPACE_BEGIN
@@ -829,9 +829,11 @@ inline checkpoint read_gguf(std::span<const std::byte> bytes, const std::string&
     return out;
 }
 
-// Reads a Llama GGUF file, memory-mapped: F32 tensors are views into the mapping.
-inline checkpoint read_gguf(const std::string& path) {
-    auto file = std::make_shared<const mapped_file>(path);
+// Reads a Llama GGUF file into a file_image (read into huge-page memory, or mapped:
+// options.mode); F32 tensors are views of it. The image starts page-aligned, so tensors keep
+// the alignment the file gives them (general.alignment, 32 bytes by default).
+inline checkpoint read_gguf(const std::string& path, const load_options& options = {}) {
+    auto file = std::make_shared<const file_image>(path, options.mode);
     return read_gguf(file->bytes(), path, file);
 }
 

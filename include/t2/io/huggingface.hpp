@@ -16,8 +16,8 @@
 //
 // Transformers applies rotary embeddings to q and k as rotate-halves (its conversion script
 // permutes the rows of Meta's q/k weights for that), so these weights are used as stored with
-// rope_layout::halves. F32 tensors are views into the mapped files; F16 and BF16 ones are
-// converted to f32 copies kept alive by weights.owner.
+// rope_layout::halves. F32 tensors are views into the files' images (io::file_image: read
+// or mapped); F16 and BF16 ones are converted to f32 copies kept alive by weights.owner.
 //
 // Settings t2 does not implement (rope_scaling, biases, another activation, a head_dim other
 // than hidden_size / num_attention_heads) are refused with an error rather than ignored, so a
@@ -92,7 +92,7 @@ inline nn::llama_config read_huggingface_config(const json::node& root) {
 
 namespace detail {
 
-// Keeps a loaded model's memory alive: the mapped files (F32 weights view them) and the f32
+// Keeps a loaded model's memory alive: the file images (F32 weights view them) and the f32
 // copies of F16/BF16 tensors.
 struct huggingface_storage {
     std::vector<std::shared_ptr<const void>> files;
@@ -226,7 +226,7 @@ inline bool ends_with(const std::string& s, std::string_view suffix) {
 // The shard files an index names, each once, in first-mention order; each entry of its
 // weight_map must be in the shard it names.
 inline std::vector<std::shared_ptr<const safetensors_file>> open_huggingface_index(
-    const std::filesystem::path& index_path) {
+    const std::filesystem::path& index_path, const load_options& options = {}) {
     const json::document index = json::parse_file(index_path.string());
     const json::node map = index.root()["weight_map"];
     if (map.type() != json::kind::object)
@@ -243,7 +243,8 @@ inline std::vector<std::shared_ptr<const safetensors_file>> open_huggingface_ind
             entry.fail("\"" + shard + "\" is not a file name in the index's directory");
         auto it = opened.find(shard);
         if (it == opened.end()) {
-            shards.push_back(std::make_shared<const safetensors_file>((dir / shard).string()));
+            shards.push_back(std::make_shared<const safetensors_file>((dir / shard).string(),
+                                                                      safetensors_options{.mode = options.mode}));
             it = opened.emplace(shard, shards.size() - 1).first;
         }
         if (!shards[it->second]->find(map.key(i)))
@@ -259,8 +260,8 @@ inline std::vector<std::shared_ptr<const safetensors_file>> open_huggingface_ind
 
 // Reads a model from its directory, or from its config.json, model.safetensors (or another
 // single .safetensors file) or model.safetensors.index.json; the other files are looked for
-// beside the one given.
-inline checkpoint read_huggingface(const std::string& dir_or_file) {
+// beside the one given. options.mode: each shard read into huge-page memory, or mapped.
+inline checkpoint read_huggingface(const std::string& dir_or_file, const load_options& options = {}) {
     namespace fs = std::filesystem;
     const fs::path given(dir_or_file);
     std::error_code ec;
@@ -297,9 +298,10 @@ inline checkpoint read_huggingface(const std::string& dir_or_file) {
     const json::document config = json::parse_file(config_path.string());
     std::vector<std::shared_ptr<const safetensors_file>> shards;
     if (detail::ends_with(weights.filename().string(), ".index.json"))
-        shards = detail::open_huggingface_index(weights);
+        shards = detail::open_huggingface_index(weights, options);
     else
-        shards.push_back(std::make_shared<const safetensors_file>(weights.string()));
+        shards.push_back(std::make_shared<const safetensors_file>(weights.string(),
+                                                                  safetensors_options{.mode = options.mode}));
     return read_huggingface(config, shards);
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// llama2.c checkpoints (Karpathy's llama2.c, export.py), memory-mapped.
+// llama2.c checkpoints (Karpathy's llama2.c, export.py), read or mapped (io::file_image).
 //
 //   version 0 (legacy): 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
 //       vocab_size, seq_len; a negative vocab_size means an untied classifier), then f32:
@@ -23,7 +23,7 @@
 #include "t2/io/atomic_file.hpp"
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/detail/sizes.hpp"
-#include "t2/io/mapped_file.hpp"
+#include "t2/io/file_image.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace io {
@@ -35,11 +35,10 @@ namespace detail {
 inline constexpr std::uint32_t llama2c_magic = 0x616b3432; // "ak42"
 
 
-// Where the f32 weights come from: views into the mapping (versions 0 and 1) or
+// Where the f32 weights come from: views into the file's image (versions 0 and 1) or
 // dequantized copies (version 2), either way kept alive by the storage.
-// Keeps a model's memory alive: the mapping and any dequantized copies.
 struct llama2c_storage {
-    std::shared_ptr<const void> source; // what the bytes belong to (a mapped file)
+    std::shared_ptr<const void> source; // what the bytes belong to (a file_image)
     std::vector<std::shared_ptr<const t2::matrix<float>>> copies;
 };
 
@@ -178,9 +177,16 @@ inline checkpoint parse_llama2c(std::span<const std::byte> bytes, const std::str
 }
 
 
-// Reads a llama2.c checkpoint file, memory-mapped: f32 tensors are views of the mapping.
-inline checkpoint read_llama2c(const std::string& path) {
-    auto file = std::make_shared<const mapped_file>(path);
+// Reads a llama2.c checkpoint file into a file_image (read into huge-page memory, or mapped:
+// options.mode); f32 tensors are views of it. Read, the tensors start 64-byte aligned.
+inline checkpoint read_llama2c(const std::string& path, const load_options& options = {}) {
+    // Versions 1 and 2 have a 256-byte header; version 0 has seven int32.
+    const auto head = read_file_prefix(path, 4);
+    std::uint32_t magic = 0;
+    if (head.size() == 4)
+        std::memcpy(&magic, head.data(), 4);
+    const std::size_t first_tensor = magic == detail::llama2c_magic ? 256 : 7 * sizeof(std::int32_t);
+    auto file = std::make_shared<const file_image>(path, options.mode, first_tensor);
     return parse_llama2c(file->bytes(), path, file);
 }
 

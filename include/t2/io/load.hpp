@@ -1,5 +1,5 @@
 #pragma once
-// load_checkpoint(path): reads a model in whichever supported format the path holds,
+// load_checkpoint(path, options): reads a model in whichever supported format the path holds,
 // recognised by content rather than by name:
 //   a directory, config.json, *.safetensors or *.safetensors.index.json → Hugging Face
 //   a file starting with "GGUF"                                          → GGUF
@@ -38,13 +38,16 @@ inline checkpoint_format detect_format(const std::string& path) {
     return checkpoint_format::llama2c;
 }
 
-inline checkpoint load_checkpoint(const std::string& path) {
+// options.mode: read the file(s) into huge-page memory (the default: the fastest decode, and
+// the model costs its size once), or leave them mapped (load_mode::map: nothing is copied,
+// pages load on first use; best when only a little of the file is needed).
+inline checkpoint load_checkpoint(const std::string& path, const load_options& options = {}) {
     switch (detect_format(path)) {
-    case checkpoint_format::gguf: return read_gguf(path);
-    case checkpoint_format::huggingface: return read_huggingface(path);
+    case checkpoint_format::gguf: return read_gguf(path, options);
+    case checkpoint_format::huggingface: return read_huggingface(path, options);
     case checkpoint_format::llama2c: break;
     }
-    return read_llama2c(path);
+    return read_llama2c(path, options);
 }
 
 } // namespace io

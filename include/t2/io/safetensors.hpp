@@ -37,7 +37,7 @@
 #include "t2/io/atomic_file.hpp"
 #include "t2/io/detail/sizes.hpp"
 #include "t2/io/json.hpp"
-#include "t2/io/mapped_file.hpp"
+#include "t2/io/file_image.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace io {
@@ -121,14 +121,24 @@ struct safetensors_tensor {
 struct safetensors_options {
     // The reference implementation's limit; real headers are kilobytes to a few megabytes.
     std::size_t max_header_bytes = 100'000'000;
+    // From a path: read into huge-page memory, or mapped (io::file_image).
+    load_mode mode = load_mode::read;
 };
 
-// A parsed safetensors file: memory-mapped from a path, or a view of bytes someone else keeps
-// alive (a fuzzer's input, a buffer). Tensors keep header order.
+// A parsed safetensors file: read or mapped from a path (io::file_image), or a view of bytes
+// someone else keeps alive (a fuzzer's input, a buffer). Tensors keep header order.
 class safetensors_file {
 public:
     explicit safetensors_file(const std::string& path, const safetensors_options& options = {}) {
-        auto file = std::make_shared<const mapped_file>(path);
+        // Read, the data section (after the u64 length and the header) starts 64-byte aligned.
+        std::size_t data_start = 0;
+        if (const auto head = read_file_prefix(path, 8); head.size() == 8) {
+            std::uint64_t header_bytes = 0;
+            std::memcpy(&header_bytes, head.data(), 8);
+            if (header_bytes <= options.max_header_bytes)
+                data_start = 8 + static_cast<std::size_t>(header_bytes);
+        }
+        auto file = std::make_shared<const file_image>(path, options.mode, data_start);
         const auto bytes = file->bytes();
         owner_ = std::move(file);
         parse(bytes, path, options);

@@ -1,7 +1,7 @@
 #pragma once
 // Converting a model's matrices to another storage type, e.g. f32 → bf16 to halve the bytes
 // each decoded token streams, or f32 → f32 to copy weights out of a memory-mapped file into
-// huge-page memory. Norm weights and the token embedding (read one row per token) stay
+// huge-page memory (io::load_mode::read gets there without the copy). Norm weights and the token embedding (read one row per token) stay
 // where they are; every linear layer, the classifier included, is converted with
 // round-to-nearest-even.
 #include <memory>
