@@ -6,6 +6,7 @@
 
 #include "support/check.hpp"
 #include "support/executors.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -49,10 +50,11 @@ TEST_CASE("dot: every executor matches the scalar reference") {
     for (std::size_t n : t2_test::odd_sizes) {
         const auto x = t2_test::random_vector(n, seed++), y = t2_test::random_vector(n, seed++);
         const float want = t2::ops::dot(reference, x, y);
-        const double tolerance = 16 * u * abs_dot(x, y);
+        // Two orders of the same n products, each within γ̃_n·Σ|x·y| of the exact dot.
+        const double bound = t2_test::between_orders(n) * abs_dot(x, y);
         t2_test::for_each_executor([&](const auto& ex, const std::string& name) {
             INFO(name << " n=" << n);
-            CHECK(std::abs(double(t2::ops::dot(ex, x, y)) - want) <= tolerance);
+            T2_CHECK_WITHIN(t2::ops::dot(ex, x, y), want, bound);
         });
     }
 }
@@ -83,12 +85,15 @@ TEST_CASE("axpy reference matches double precision, in place too") {
     for (std::size_t n : t2_test::odd_sizes) {
         const auto x = t2_test::random_vector(n, seed++);
         auto y = t2_test::random_vector(n, seed++);
-        vector<float> want(n);
-        for (std::size_t i = 0; i < n; ++i)
+        vector<float> want(n), bound(n);
+        for (std::size_t i = 0; i < n; ++i) {
             want[i] = float(double(y[i]) + 0.75 * double(x[i]));
+            // A sum of two terms, α·x and y, against double rounded to f32.
+            bound[i] = float(t2_test::against_double(2) * (std::abs(0.75 * x[i]) + std::abs(y[i])));
+        }
         t2::ops::axpy(reference, 0.75f, x, y);
         CAPTURE(n);
-        T2_CHECK_CLOSE(y.span(), want.span(), 2 * u, 2 * u);
+        T2_CHECK_WITHIN(y.span(), want.span(), bound.span());
         auto z = x;
         t2::ops::axpy(reference, -2.f, z, z);
         for (std::size_t i = 0; i < n; ++i)
@@ -103,12 +108,15 @@ TEST_CASE("axpy: every executor matches the scalar reference") {
         const auto x = t2_test::random_vector(n, seed++), y0 = t2_test::random_vector(n, seed++);
         auto want = y0;
         t2::ops::axpy(reference, -0.3f, x, want);
+        // With or without FMA, y + α·x is a two-term sum: two orders (roundings) of it.
+        vector<float> bound(n);
+        for (std::size_t i = 0; i < n; ++i)
+            bound[i] = float(t2_test::between_orders(2) * (std::abs(-0.3 * x[i]) + std::abs(y0[i])));
         t2_test::for_each_executor([&](const auto& ex, const std::string& name) {
             auto got = y0;
             t2::ops::axpy(ex, -0.3f, x, got);
             INFO(name << " n=" << n);
-            // With or without FMA: one rounding of the product apart.
-            T2_CHECK_CLOSE(got.span(), want.span(), 2 * u, u);
+            T2_CHECK_WITHIN(got.span(), want.span(), bound.span());
         });
     }
 }

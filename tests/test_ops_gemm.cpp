@@ -6,6 +6,7 @@
 
 #include "support/check.hpp"
 #include "support/executors.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -40,8 +41,20 @@ std::vector<gemm_options> all_options() {
     return out;
 }
 
-// Tolerance for a length-k f32 dot product of values in [-1, 1]: rounding grows ~sqrt(k).
-double atol_for(std::size_t k) { return 2e-6 * (1.0 + std::sqrt(static_cast<double>(k))); }
+// Σ|terms| of every element of α·op(A)·op(B) + β·C for a problem (support/tolerance.hpp).
+std::vector<double> magnitudes(const shape& s, const gemm_options& o, const matrix<float>& a,
+                               const matrix<float>& b, const matrix<float>& c) {
+    return t2_test::product_magnitudes(
+        s.m, s.n, s.k, [&](std::size_t i, std::size_t p) { return o.transpose_a ? a(p, i) : a(i, p); },
+        [&](std::size_t p, std::size_t j) { return o.transpose_b ? b(j, p) : b(p, j); }, o.alpha, o.beta,
+        [&](std::size_t i, std::size_t j) { return c(i, j); });
+}
+
+// An element of C is k products, added up, times α, plus β·c: k + 2 roundings on its longest
+// path, in any order the kernel chooses (support/tolerance.hpp, comment 4).
+std::vector<float> between_orders(const shape& s, const gemm_options& o, const problem& p) {
+    return t2_test::scaled_bounds(magnitudes(s, o, p.a, p.b, p.c), t2_test::between_orders(s.k + 2));
+}
 
 template <class E>
 void check_against_scalar(const E& ex) {
@@ -59,7 +72,7 @@ void check_against_scalar(const E& ex) {
             CAPTURE(o.transpose_b);
             CAPTURE(o.alpha);
             CAPTURE(o.beta);
-            T2_CHECK_CLOSE(got.span(), want.span(), 1e-5, atol_for(s.k) * std::abs(o.alpha));
+            T2_CHECK_WITHIN(got.span(), want.span(), between_orders(s, o, p));
         }
 }
 
@@ -80,7 +93,9 @@ TEST_CASE("gemm scalar reference matches a double-precision product") {
                                double(o.transpose_b ? p.b(j, k) : p.b(k, j));
                     want[i * s.n + j] = float(o.alpha * sum + o.beta * double(p.c(i, j)));
                 }
-            T2_CHECK_CLOSE(got.span(), std::span<const float>(want), 1e-5, atol_for(s.k));
+            T2_CHECK_WITHIN(got.span(), want,
+                            t2_test::scaled_bounds(magnitudes(s, o, p.a, p.b, p.c),
+                                                   t2_test::against_double(s.k + 2)));
         }
 }
 
@@ -105,17 +120,18 @@ TEST_CASE("gemm threads<simd> splits large products correctly") {
             matrix<float> want = p.c, got = p.c;
             t2::ops::gemm(t2::exec::scalar{}, p.a, p.b, want, o);
             t2::ops::gemm(ex, p.a, p.b, got, o);
-            T2_CHECK_CLOSE(got.span(), want.span(), 1e-5, atol_for(s.k) * std::abs(o.alpha));
+            T2_CHECK_WITHIN(got.span(), want.span(), between_orders(s, o, p));
         }
 }
 
 TEST_CASE("gemm with beta = 0 ignores NaN in C") {
-    problem p({13, 37, 29}, {}, 5);
+    const shape s{13, 37, 29};
+    problem p(s, {}, 5);
     p.c.fill(NAN);
     matrix<float> want(13, 37);
     t2::ops::gemm(t2::exec::scalar{}, p.a, p.b, want);
     t2::ops::gemm(t2::exec::simd<>{}, p.a, p.b, p.c);
-    T2_CHECK_CLOSE(p.c.span(), want.span(), 1e-5, atol_for(29));
+    T2_CHECK_WITHIN(p.c.span(), want.span(), between_orders(s, {}, p)); // β = 0: no C term
 }
 #endif
 
@@ -158,6 +174,7 @@ void check_gemv(const E& ex) {
                     const std::size_t in = transpose ? rows : cols, out = transpose ? cols : rows;
                     const auto x = t2_test::random_vector(in, seed++);
                     auto want = t2_test::random_vector(out, seed++);
+                    const auto y0 = want;
                     auto got = want;
                     const t2::ops::gemv_options o{transpose, alpha, beta};
                     // Independent reference in double.
@@ -171,7 +188,13 @@ void check_gemv(const E& ex) {
                     CAPTURE(rows);
                     CAPTURE(cols);
                     CAPTURE(transpose);
-                    T2_CHECK_CLOSE(got.span(), want.span(), 1e-5, atol_for(in));
+                    // One row of a product with k = in (support/tolerance.hpp, comment 4).
+                    const auto mags = t2_test::product_magnitudes(
+                        1, out, in, [&](std::size_t, std::size_t j) { return x[j]; },
+                        [&](std::size_t j, std::size_t i) { return transpose ? a(j, i) : a(i, j); }, alpha,
+                        beta, [&](std::size_t, std::size_t i) { return y0[i]; });
+                    T2_CHECK_WITHIN(got.span(), want.span(),
+                                    t2_test::scaled_bounds(mags, t2_test::against_double(in + 2)));
                 }
 }
 
@@ -221,7 +244,12 @@ void check_bf16_weights(const E& ex) {
                 CAPTURE(s.n);
                 CAPTURE(s.k);
                 CAPTURE(tb);
-                T2_CHECK_CLOSE(got.span(), std::span<const float>(want), 1e-5, atol_for(s.k));
+                // The widened bf16 values are exact in f32: the same bound as for f32 B.
+                const auto mags = t2_test::product_magnitudes(
+                    s.m, s.n, s.k, [&](std::size_t i, std::size_t k) { return p.a(i, k); },
+                    [&](std::size_t k, std::size_t j) { return t2::to_f32(tb ? b16(j, k) : b16(k, j)); },
+                    alpha, beta, [&](std::size_t i, std::size_t j) { return p.c(i, j); });
+                T2_CHECK_WITHIN(got.span(), want, t2_test::scaled_bounds(mags, t2_test::against_double(s.k + 2)));
             }
 }
 

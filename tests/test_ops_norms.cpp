@@ -6,6 +6,7 @@
 
 #include "support/check.hpp"
 #include "support/executors.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -13,6 +14,7 @@ using t2::matrix;
 using t2::vector;
 const t2::exec::scalar reference;
 const std::size_t row_counts[] = {1, 2, 3, 16, 17, 67};
+constexpr double u = t2_test::unit_roundoff;
 
 matrix<float> rmsnorm_double(const matrix<float>& x, const vector<float>& w, double eps) {
     const std::size_t rows = x.extent(0), d = x.extent(1);
@@ -46,6 +48,57 @@ matrix<float> layernorm_double(const matrix<float>& x, const vector<float>& gamm
     return y;
 }
 
+// Per-element bounds on one f32 evaluation's error (first order, support/tolerance.hpp):
+// rmsnorm's sum of squares is d positive terms (relative γ̃_d), then /d, +eps, sqrt and 1/
+// (their errors, with sqrt halving its argument's) give rstd within γ̃_d/2 + 3u, and
+// w·(rstd·x) two roundings more.
+std::vector<double> rmsnorm_error(const matrix<float>& x, const matrix<float>& y) {
+    const std::size_t d = x.extent(1);
+    const double relative = t2_test::summation_error_bound(d) / 2 + 5 * u;
+    std::vector<double> e(y.size());
+    for (std::size_t i = 0; i < e.size(); ++i)
+        e[i] = relative * std::abs(double(y.data()[i]));
+    return e;
+}
+
+// layernorm (corrected two-pass): the mean m + Σ(x − m)/d is off by δμ ≤ γ̃_{d+1}·Σ|x − μ|/d
+// (the correction's sum of rounded differences) + u|μ|; the variance, d positive squares,
+// by γ̃_{d+1} + 4u relative, so rstd by half that + 3u; then each y = (x − μ)·rstd·γ + β
+// rounds four times: |γ|·rstd·(δμ + u|x − μ|) + |(x − μ)·rstd·γ|·(ρ_rstd + 2u) + u|y|.
+std::vector<double> layernorm_error(const matrix<float>& x, const vector<float>& gamma,
+                                    const vector<float>& beta, double eps) {
+    const std::size_t rows = x.extent(0), d = x.extent(1);
+    const double g = t2_test::summation_error_bound(d + 1);
+    std::vector<double> e(x.size());
+    for (std::size_t r = 0; r < rows; ++r) {
+        double mean = 0, var = 0, spread = 0;
+        for (std::size_t j = 0; j < d; ++j)
+            mean += x(r, j);
+        mean /= double(d);
+        for (std::size_t j = 0; j < d; ++j)
+            var += (x(r, j) - mean) * (x(r, j) - mean), spread += std::abs(x(r, j) - mean);
+        var /= double(d);
+        const double rstd = 1 / std::sqrt(var + eps), rho_rstd = (g + 4 * u) / 2 + 3 * u;
+        const double d_mean = g * spread / double(d) + u * std::abs(mean);
+        for (std::size_t j = 0; j < d; ++j) {
+            const double z = x(r, j) - mean, y = z * rstd * gamma[j];
+            e[r * d + j] = std::abs(gamma[j]) * rstd * (d_mean + u * std::abs(z)) +
+                           std::abs(y) * (rho_rstd + 2 * u) + u * std::abs(y + beta[j]);
+        }
+    }
+    return e;
+}
+
+// A bound per element: `evaluations` f32 evaluations' errors, plus `extra_roundings`·u|want|
+// (a double reference rounded to f32).
+std::vector<float> bounds(const std::vector<double>& error, double evaluations,
+                          std::span<const float> want = {}, double extra_roundings = 0) {
+    std::vector<float> b(error.size());
+    for (std::size_t i = 0; i < b.size(); ++i)
+        b[i] = float(evaluations * error[i] + (want.empty() ? 0 : extra_roundings * u * std::abs(want[i])));
+    return b;
+}
+
 } // namespace
 
 TEST_CASE("norm references match double precision") {
@@ -58,9 +111,11 @@ TEST_CASE("norm references match double precision") {
             CAPTURE(rows);
             CAPTURE(d);
             t2::ops::rmsnorm(reference, x, w, y, 1e-5f);
-            T2_CHECK_CLOSE(y.span(), rmsnorm_double(x, w, 1e-5).span(), 2e-6, 1e-7);
+            const auto rms = rmsnorm_double(x, w, 1e-5);
+            T2_CHECK_WITHIN(y.span(), rms.span(), bounds(rmsnorm_error(x, rms), 1, rms.span(), 1));
             t2::ops::layernorm(reference, x, w, b, y, 1e-5f);
-            T2_CHECK_CLOSE(y.span(), layernorm_double(x, w, b, 1e-5).span(), 2e-6, 1e-6);
+            const auto ln = layernorm_double(x, w, b, 1e-5);
+            T2_CHECK_WITHIN(y.span(), ln.span(), bounds(layernorm_error(x, w, b, 1e-5), 1, ln.span(), 1));
         }
 }
 
@@ -93,7 +148,8 @@ TEST_CASE("norm references: eps, constant rows, a large mean, in place, vector o
         const auto g = t2_test::random_vector(257, 6), b = t2_test::random_vector(257, 7);
         matrix<float> y(3, 257);
         t2::ops::layernorm(reference, x, g, b, y);
-        T2_CHECK_CLOSE(y.span(), layernorm_double(x, g, b, 1e-5).span(), 0, 5e-5);
+        const auto want = layernorm_double(x, g, b, 1e-5);
+        T2_CHECK_WITHIN(y.span(), want.span(), bounds(layernorm_error(x, g, b, 1e-5), 1, want.span(), 1));
     }
     SUBCASE("in place, and the vector overloads are one row") {
         const auto x = t2_test::random_matrix(1, 33, 8);
@@ -123,19 +179,22 @@ TEST_CASE("norms: every executor matches the scalar reference") {
             matrix<float> rms(rows, d), ln(rows, d);
             t2::ops::rmsnorm(reference, x, w, rms);
             t2::ops::layernorm(reference, x, w, b, ln);
+            // Two f32 evaluations (two summation orders), each within its error bound.
+            const auto rms_bound = bounds(rmsnorm_error(x, rmsnorm_double(x, w, 1e-5)), 2);
+            const auto ln_bound = bounds(layernorm_error(x, w, b, 1e-5), 2);
             t2_test::for_each_executor([&](const auto& ex, const std::string& name) {
                 INFO(name << " on " << rows << "x" << d);
                 matrix<float> y(rows, d);
                 t2::ops::rmsnorm(ex, x, w, y);
-                T2_CHECK_CLOSE(y.span(), rms.span(), 2e-6, 1e-7);
+                T2_CHECK_WITHIN(y.span(), rms.span(), rms_bound);
                 t2::ops::layernorm(ex, x, w, b, y);
-                T2_CHECK_CLOSE(y.span(), ln.span(), 2e-6, 1e-6);
+                T2_CHECK_WITHIN(y.span(), ln.span(), ln_bound);
                 auto in_place = x;
                 t2::ops::rmsnorm(ex, in_place, w, in_place);
-                T2_CHECK_CLOSE(in_place.span(), rms.span(), 2e-6, 1e-7);
+                T2_CHECK_WITHIN(in_place.span(), rms.span(), rms_bound);
                 in_place = x;
                 t2::ops::layernorm(ex, in_place, w, b, in_place);
-                T2_CHECK_CLOSE(in_place.span(), ln.span(), 2e-6, 1e-6);
+                T2_CHECK_WITHIN(in_place.span(), ln.span(), ln_bound);
             });
         }
 }

@@ -8,6 +8,7 @@
 
 #include "support/check.hpp"
 #include "support/executors.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -45,13 +46,35 @@ std::vector<std::size_t> random_positions(std::size_t n, std::size_t max, std::u
     return p;
 }
 
-// The f32 angle pos · inv_freq is off by about pos · 2^-23 radians, as in llama2.c and
-// Hugging Face; elements are in [-1, 1), so that is also the absolute error to allow.
-double angle_tolerance(const std::vector<std::size_t>& positions) {
-    std::size_t max = 0;
-    for (std::size_t p : positions)
-        max = std::max(max, p);
-    return 1e-6 + double(max) * 0x1p-22;
+// Per-element bounds for rope (support/tolerance.hpp, comments 4 and 5). Each output is
+// a·cos − b·sin (or a·sin + b·cos): cos and sin within f absolute (values ≤ 1), and two
+// products and their sum, γ_2, so one f32 evaluation is within (f + γ_2)·(|a| + |b|) of the
+// rotation by its f32 angle. Against the exact angle, that angle is off by
+// δθ = angle·(ln θ·|fl(2i/d) − 2i/d| + 4u) (the exponent's rounding through pow, then pow
+// itself, ≤ 1 ulp = 2u, 1/x and pos·inv_freq), which moves the pair by δθ·|(a, b)|; the
+// double reference rounds once more, u|want|.
+matrix<float> rope_bounds(const matrix<float>& x, const std::vector<std::size_t>& positions,
+                          const rope_config& cfg, double evaluations, bool against_double) {
+    constexpr double u = t2_test::unit_roundoff;
+    const double own = t2_test::function_error + t2_test::deterministic_summation_bound(2);
+    const std::size_t rows = x.extent(0), cols = x.extent(1), d = cfg.head_dim, half = d / 2;
+    matrix<float> bound(rows, cols);
+    for (std::size_t t = 0; t < rows; ++t)
+        for (std::size_t h = 0; h < cols; h += d)
+            for (std::size_t i = 0; i < half; ++i) {
+                const bool inter = cfg.layout == rope_layout::interleaved;
+                const std::size_t a = inter ? h + 2 * i : h + i, b = inter ? h + 2 * i + 1 : h + i + half;
+                const double exponent = 2.0 * double(i) / double(d);
+                const double exponent_error = std::abs(double(float(2 * i) / float(d)) - exponent);
+                const double angle = double(positions[t]) * std::pow(double(cfg.theta), -exponent);
+                const double angle_error = angle * (std::log(double(cfg.theta)) * exponent_error + 4 * u);
+                const double size = std::abs(x(t, a)) + std::abs(x(t, b));
+                const double e = evaluations * own * size + (against_double ? angle_error * size : 0);
+                const double r = against_double ? u : 0; // |want| ≤ |(a, b)| ≤ size
+                bound(t, a) = float(e + r * size);
+                bound(t, b) = float(e + r * size);
+            }
+    return bound;
 }
 
 } // namespace
@@ -71,8 +94,8 @@ TEST_CASE("rope reference matches a complex rotation in double precision") {
                     CAPTURE(heads);
                     CAPTURE(theta);
                     CAPTURE(int(layout));
-                    T2_CHECK_CLOSE(y.span(), rope_double(x, positions, cfg).span(), 0,
-                                   angle_tolerance(positions));
+                    T2_CHECK_WITHIN(y.span(), rope_double(x, positions, cfg).span(),
+                                    rope_bounds(x, positions, cfg, 1, true).span());
                 }
 }
 
@@ -138,13 +161,14 @@ TEST_CASE("rope: every executor matches the scalar reference") {
                     const auto positions = random_positions(rows, 2048, seed++);
                     matrix<float> want = x;
                     t2::ops::rope(reference, want, positions, cfg);
+                    // Two evaluations of the same f32 angles' rotations (xsimd's sincos, libm's).
+                    const auto bound = rope_bounds(x, positions, cfg, 2, false);
                     t2_test::for_each_executor([&](const auto& ex, const std::string& name) {
                         INFO(name << " head_dim=" << head_dim << " heads=" << heads
                                   << " rows=" << rows << " layout=" << int(layout));
                         matrix<float> got = x;
                         t2::ops::rope(ex, got, positions, cfg);
-                        // cos/sin of the same f32 angles, by xsimd's polynomials or libm.
-                        T2_CHECK_CLOSE(got.span(), want.span(), 0, 3e-7);
+                        T2_CHECK_WITHIN(got.span(), want.span(), bound.span());
                     });
                 }
 }

@@ -8,6 +8,7 @@
 
 #include "support/check.hpp"
 #include "support/executors.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -36,6 +37,44 @@ std::vector<float> softmax_double(const matrix<float>& x) {
     return y;
 }
 
+// Relative error of one f32 evaluation of each y = e/S, e = exp(x − max), S = Σ e (first order,
+// support/tolerance.hpp): x − max rounds by u|x − max|, which exp turns into a relative error,
+// plus its own function_error; S adds n positive terms (γ̃_n) carrying the worst of those
+// errors; 1/S and the product (or the division) round twice. −inf entries give exactly 0.
+std::vector<double> softmax_error(const matrix<float>& x) {
+    constexpr double u = t2_test::unit_roundoff, f = t2_test::function_error;
+    const std::size_t rows = x.extent(0), cols = x.extent(1);
+    std::vector<double> e(x.size());
+    for (std::size_t r = 0; r < rows; ++r) {
+        double max = -INFINITY, spread = 0;
+        for (std::size_t c = 0; c < cols; ++c)
+            max = std::max(max, double(x(r, c)));
+        for (std::size_t c = 0; c < cols; ++c)
+            if (x(r, c) != -inf)
+                spread = std::max(spread, max - x(r, c));
+        const double sum = t2_test::summation_error_bound(cols) + spread * u + f;
+        for (std::size_t c = 0; c < cols; ++c)
+            e[r * cols + c] = x(r, c) == -inf ? 0 : (max - x(r, c)) * u + f + sum + 2 * u;
+    }
+    return e;
+}
+
+// Bounds `evaluations`·error·|want| (+ u|want| for a double reference rounded to f32).
+std::vector<float> bounds(const std::vector<double>& error, std::span<const float> want,
+                          double evaluations, bool rounded_reference) {
+    std::vector<float> b(want.size());
+    for (std::size_t i = 0; i < b.size(); ++i)
+        b[i] = float((evaluations * error[i] + (rounded_reference ? t2_test::unit_roundoff : 0)) *
+                     std::abs(want[i]));
+    return b;
+}
+
+// A double reference and its bound for the f32 reference kernel.
+void check_against_double(const matrix<float>& x, const matrix<float>& y) {
+    const std::vector<float> want = softmax_double(x);
+    T2_CHECK_WITHIN(y.span(), want, bounds(softmax_error(x), want, 1, true));
+}
+
 } // namespace
 
 TEST_CASE("softmax reference matches double precision and rows sum to 1") {
@@ -47,12 +86,14 @@ TEST_CASE("softmax reference matches double precision and rows sum to 1") {
             t2::ops::softmax(reference, x, y);
             CAPTURE(rows);
             CAPTURE(cols);
-            T2_CHECK_CLOSE(y.span(), std::span<const float>(softmax_double(x)), 1e-6, 1e-12);
+            check_against_double(x, y);
+            // Each y within error·y of the exact probability: the row within Σ error·y of 1.
+            const auto error = softmax_error(x);
             for (std::size_t r = 0; r < rows; ++r) {
-                double total = 0;
+                double total = 0, bound = 0;
                 for (std::size_t c = 0; c < cols; ++c)
-                    total += y(r, c);
-                CHECK(std::abs(total - 1.0) < 2e-6);
+                    total += y(r, c), bound += error[r * cols + c] * y(r, c);
+                T2_CHECK_WITHIN(total, 1.0, bound);
             }
         }
 }
@@ -64,7 +105,7 @@ TEST_CASE("softmax reference: large logits, masks, ties and in-place use") {
             v += 1000.f;
         matrix<float> y(2, 33);
         t2::ops::softmax(reference, x, y);
-        T2_CHECK_CLOSE(y.span(), std::span<const float>(softmax_double(x)), 1e-6, 1e-12);
+        check_against_double(x, y);
     }
     SUBCASE("-inf entries (a causal mask) get probability 0") {
         matrix<float> x = logits(1, 9, 3);
@@ -74,14 +115,14 @@ TEST_CASE("softmax reference: large logits, masks, ties and in-place use") {
         t2::ops::softmax(reference, x, y);
         for (std::size_t c = 4; c < 9; ++c)
             CHECK(y(0, c) == 0.f);
-        T2_CHECK_CLOSE(y.span(), std::span<const float>(softmax_double(x)), 1e-6, 1e-12);
+        check_against_double(x, y);
     }
     SUBCASE("equal logits give the uniform distribution") {
         matrix<float> x(1, 7);
         x.fill(3.5f);
         t2::ops::softmax(reference, x, x);
         for (float v : x.span())
-            CHECK(v == doctest::Approx(1.0 / 7).epsilon(1e-6));
+            T2_CHECK_WITHIN(v, 1.0 / 7, t2_test::unit_roundoff / 7); // exp(0) and Σ exact: 1/7 rounds
     }
     SUBCASE("a row of -inf or holding a NaN comes out NaN, as in PyTorch") {
         matrix<float> x(2, 5);
@@ -121,12 +162,14 @@ TEST_CASE("softmax: every executor matches the scalar reference") {
             const matrix<float> x = logits(rows, cols, seed++);
             matrix<float> want(rows, cols);
             t2::ops::softmax(reference, x, want);
+            // Two f32 evaluations (exp implementations and summation orders) of each y.
+            const auto bound = bounds(softmax_error(x), want.span(), 2, false);
             t2_test::for_each_executor([&](const auto& ex, const std::string& name) {
                 matrix<float> got(rows, cols), in_place = x;
                 t2::ops::softmax(ex, x, got);
                 t2::ops::softmax(ex, in_place, in_place);
                 INFO(name << " on " << rows << "x" << cols);
-                T2_CHECK_CLOSE(got.span(), want.span(), 1e-6, 1e-12);
+                T2_CHECK_WITHIN(got.span(), want.span(), bound);
                 T2_CHECK_CLOSE(in_place.span(), got.span(), 0, 1e-30);
             });
         }

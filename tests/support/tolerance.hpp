@@ -29,6 +29,19 @@
 //        Σⱼ |hⱼWᵢⱼ| ≤ ‖g‖_∞ ‖x̂‖₂ ‖Wᵢ‖₂ = ‖g‖_∞ √D ‖Wᵢ‖₂ =: sᵢ,
 //    a magnitude known from the weights alone. Each evaluation is within γ̃_N·sᵢ of the exact
 //    logit; two evaluations are within twice that of each other.
+//
+// 4. One kernel. A kernel output that is a sum of n terms (gemm: n = k products, then α·, β·c
+//    and their sum, so k + 2 roundings on the longest path) is within γ̃_n·Σ|terms| of the
+//    exact value in whatever order the terms are added; two orders are within twice that of
+//    each other; a double-precision reference (its own error ~n·2⁻⁵³, negligible) rounded to
+//    f32 is one more rounding, u·|want| ≤ u·Σ|terms|. Below n = λ² = 64 the deterministic γ_n
+//    is the smaller bound, and it holds always, so summation_error_bound takes the minimum.
+//
+// 5. Element-wise functions. simd<Arch> evaluates exp, erf, tanh, sin and cos with xsimd's
+//    polynomial kernels (Cephes-derived, peak errors 1–2 ulp), the scalar reference with the
+//    C library (≤ 1 ulp in glibc); an ulp of f is at most 2u·|f|, so either is taken within
+//    function_error = 2 ulp = 4u of the exact value, relative to |f| (absolute for sin and cos,
+//    whose values are ≤ 1). A test adds the roundings of its formula around the function.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -45,11 +58,50 @@ namespace t2_test {
 inline constexpr double unit_roundoff = 0x1p-24; // f32, round to nearest
 inline constexpr double rounding_lambda = 8;
 
-// γ̃_n(λ) of Higham & Mary (probabilistic bound on a length-n f32 summation, relative to the
-// sum of the magnitudes).
+inline constexpr double function_error = 4 * unit_roundoff; // 2 ulp, comment 5
+
+// γ_n = nu / (1 − nu) of Higham (deterministic bound on a length-n f32 summation).
+inline double deterministic_summation_bound(std::size_t n) {
+    const double nu = double(n) * unit_roundoff;
+    return nu / (1 - nu);
+}
+
+// min(γ_n, γ̃_n(λ)), γ̃_n(λ) of Higham & Mary (probabilistic bound on a length-n f32
+// summation), relative to the sum of the magnitudes of the terms.
 inline double summation_error_bound(std::size_t n, double lambda = rounding_lambda) {
     const double u = unit_roundoff;
-    return std::expm1(lambda * std::sqrt(double(n)) * u + double(n) * u * u / (1 - u));
+    return std::min(deterministic_summation_bound(n),
+                    std::expm1(lambda * std::sqrt(double(n)) * u + double(n) * u * u / (1 - u)));
+}
+
+// Relative to Σ|terms|: two f32 evaluations of a length-n sum in different orders (comment 4).
+inline double between_orders(std::size_t n) { return 2 * summation_error_bound(n); }
+
+// Relative to Σ|terms|: an f32 evaluation against a double reference rounded to f32.
+inline double against_double(std::size_t n) { return summation_error_bound(n) + unit_roundoff; }
+
+// Σ|terms| of every element of C = α·A·B + β·C (m×n, row-major), A m×k and B k×n read through
+// a(i, p), b(p, j) and c(i, j); β = 0 drops the C term (C may then hold NaN).
+template <class A, class B, class C>
+std::vector<double> product_magnitudes(std::size_t m, std::size_t n, std::size_t k, A&& a, B&& b,
+                                       double alpha, double beta, C&& c) {
+    std::vector<double> out(m * n);
+    for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+            double s = 0;
+            for (std::size_t p = 0; p < k; ++p)
+                s += std::abs(double(a(i, p)) * double(b(p, j)));
+            out[i * n + j] = std::abs(alpha) * s + (beta == 0 ? 0 : std::abs(beta * double(c(i, j))));
+        }
+    return out;
+}
+
+// relative · magnitudes[i], as the per-element bounds of T2_CHECK_WITHIN.
+inline std::vector<float> scaled_bounds(std::span<const double> magnitudes, double relative) {
+    std::vector<float> out(magnitudes.size());
+    for (std::size_t i = 0; i < out.size(); ++i)
+        out[i] = float(relative * magnitudes[i]);
+    return out;
 }
 
 // N of the model comment above: the summation lengths a logit depends on, through every block,
@@ -123,6 +175,13 @@ inline bounded_comparison compare_within(std::span<const float> got, std::span<c
             c.bound = b;
         }
     }
+    return c;
+}
+
+// One value against one bound.
+inline bounded_comparison compare_within(double got, double want, double bound) {
+    const double diff = std::abs(got - want), ratio = diff == 0 ? 0 : diff / bound;
+    bounded_comparison c{ratio <= 1, std::isnan(ratio) ? INFINITY : ratio, 0, got, want, bound};
     return c;
 }
 
