@@ -1,5 +1,6 @@
 // gemm and gemv: every executor against the scalar reference on odd shapes, all transpose
 // and alpha/beta combinations; the scalar reference against a double-precision product.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <vector>
@@ -134,6 +135,29 @@ TEST_CASE("gemm with beta = 0 ignores NaN in C") {
     T2_CHECK_WITHIN(p.c.span(), want.span(), between_orders(s, {}, p)); // β = 0: no C term
 }
 #endif
+
+TEST_CASE("gemm threads<simd> gives simd's result bit for bit, whichever way it splits") {
+    // Threads split C (its columns for x·Wᵀ, its rows with a shared packed B for products with
+    // rows for every thread), never a sum: every thread count must reproduce one thread.
+    const t2::exec::simd<> one;
+    for (const shape& s : {shape{300, 70, 50}, shape{70, 300, 50}, shape{257, 333, 300}, shape{1000, 40, 600},
+                           shape{130, 97, 131}, shape{9, 777, 130}})
+        for (const gemm_options& o : all_options()) {
+            problem p(s, o, 23);
+            matrix<float> want = p.c;
+            t2::ops::gemm(one, p.a, p.b, want, o);
+            for (std::size_t n : {2, 3}) {
+                t2::exec::thread_pool pool(n);
+                matrix<float> got = p.c;
+                t2::ops::gemm(t2::exec::threads<t2::exec::simd<>>(pool), p.a, p.b, got, o);
+                CAPTURE(n);
+                CAPTURE(s.m);
+                CAPTURE(s.n);
+                CAPTURE(s.k);
+                CHECK(std::equal(got.span().begin(), got.span().end(), want.span().begin()));
+            }
+        }
+}
 
 TEST_CASE("gemm threads<scalar> matches scalar") {
     t2::exec::thread_pool pool(2);
