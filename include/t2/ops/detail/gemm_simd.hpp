@@ -55,15 +55,18 @@ T2_ALWAYS_INLINE xsimd::batch<float, Arch> load_f32(const bf16* p) {
 // Register tile and cache blocks per architecture, chosen by measurement (see
 // benchmarks/README.md). With 32 vector registers (AVX-512) a 10×2-vector tile leaves GCC
 // enough registers to keep both B vectors live (12×2 made it spill one per iteration); with
-// 16 registers (AVX2, SSE) the classic 6×2 tile. kc × nr of packed B per micro-panel, mc × kc
-// of packed A stays in L2, kc × nc of packed B in the last-level cache.
+// 16 registers (AVX2, SSE) the classic 6×2 tile. kc × nr of packed B per micro-panel stays in
+// L1, mc × kc of packed A in L2, kc × nc of packed B in the last-level cache. The AVX2 blocks
+// follow BLIS's Zen 3 tuning (mc 144, nc 4080: 216 KiB of A in a 512 KiB L2) with OpenBLAS's
+// Haswell kc = 384, which passes over C fewer times than 256 (each k block updates all of C);
+// on Zen 5 in AVX2 mode the variants tried (mc 96–192, kc 256–384) were within the noise.
 template <class Arch>
 struct gemm_blocking {
     static constexpr std::size_t lanes = xsimd::batch<float, Arch>::size;
     static constexpr std::size_t nv = 2;
     static constexpr std::size_t nr = nv * lanes;
     static constexpr std::size_t mr = lanes >= 16 ? 10 : 6;
-    static constexpr std::size_t kc = lanes >= 16 ? 384 : 256;
+    static constexpr std::size_t kc = 384;
     static constexpr std::size_t mc = lanes >= 16 ? mr * 16 : 144;
     static constexpr std::size_t nc = lanes >= 16 ? nr * 128 : 4080;
 };
@@ -204,6 +207,14 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
     constexpr std::size_t NR = NV * L;
     static_assert(NV == 2, "the tile is two vectors wide");
 
+    // The tile of C is read only after the k loop; fetching it now hides the cache misses
+    // of a C too large for the caches (each k block of a large product updates all of C).
+#pragma GCC unroll 16
+    for (std::size_t r = 0; r < MR; ++r)
+        if (r < m) {
+            __builtin_prefetch(c + r * ldc, 1);
+            __builtin_prefetch(c + r * ldc + NR - 1, 1);
+        }
     batch acc[MR][NV];
 #pragma GCC unroll 16
     for (std::size_t r = 0; r < MR; ++r) {
