@@ -11,7 +11,9 @@
 // chain runs its tasks serially on the calling thread, instead of waiting for a pool that is
 // busy with the very job that waits for it. The chain is followed across pools: a task of A
 // that runs B, whose task runs A again (A → B → A), finds A busy even on B's worker threads,
-// because each job carries the chain of pools it was started from.
+// because each job carries the chain of pools it was started from. (Two unrelated threads
+// that nest two pools in opposite orders at the same moment can still wait on each other, as
+// two mutexes taken in opposite orders would.)
 //
 // A pool whose threads cannot all be started (the system refuses one) joins those that did
 // start and throws t2::error.
