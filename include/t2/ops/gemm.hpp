@@ -12,6 +12,7 @@
 // x·Wᵀ with few rows of x; threads<Inner> splits C into column (or row) blocks.
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 
 #include "t2/core/tensor.hpp"
@@ -55,8 +56,10 @@ void gemm(const exec::scalar&, const gemm_args<TB>& g) {
 }
 
 // Up to this many rows of A, x·Wᵀ runs as dot products over the stored rows of W (one
-// sequential stream, no packing): decoding's one row and little more. Measured here, at 16
-// rows the packed kernel is already 1.1–1.6× faster (benchmarks/README.md).
+// sequential stream, no packing): decoding's one row and little more. From there up to one
+// register tile's width of rows (16 with AVX2, 32 with AVX-512) gemm_few_rows reads W in place
+// against a packed Aᵀ: at 16 rows 1.3–1.7× OpenBLAS on AVX2 where the packed kernel was
+// 0.9–1.2× (benchmarks/README.md).
 inline constexpr std::size_t skinny_rows = 4;
 
 #if T2_ENABLE_SIMD
@@ -66,6 +69,9 @@ void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
         return scale_c(g);
     if (g.m == 1 && !g.trans_b)
         return gemv_rows<Arch>(g);
+    if constexpr (std::is_same_v<TB, float>)
+        if (g.trans_b && !g.trans_a && g.m > skinny_rows && g.m <= gemm_blocking<Arch>::nr)
+            return gemm_few_rows<Arch>(g);
     if (g.trans_b && g.m <= skinny_rows) {
         if (!g.trans_a)
             return gemm_dot<Arch>(g.m, g.n, g.k, g.alpha, g.a, g.lda, g.b, g.ldb, g.beta, g.c,

@@ -196,12 +196,25 @@ void pack_b(const gemm_args<TB>& g, std::size_t k0, std::size_t kc, std::size_t 
     }
 }
 
-// C tile (m ≤ MR rows, n ≤ NR columns) = alpha · Ap · Bp + beta · C, where Ap is a packed
-// kc × MR micro-panel and Bp a packed kc × NR micro-panel.
-template <class Arch, std::size_t MR, std::size_t NV>
-T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
-                                   const float* T2_RESTRICT bp, float* c, std::size_t ldc,
-                                   std::size_t m, std::size_t n, float alpha, float beta) {
+// Where the micro-kernel's broadcast operand comes from: a packed kc × MR micro-panel of A,
+// or MR rows of a matrix read in place (the rows of W in gemm_few_rows).
+template <std::size_t MR>
+struct packed_panel {
+    const float* T2_RESTRICT p;
+    T2_ALWAYS_INLINE float operator()(std::size_t kk, std::size_t r) const { return p[kk * MR + r]; }
+};
+template <std::size_t MR>
+struct row_pointers {
+    const float* rows[MR];
+    T2_ALWAYS_INLINE float operator()(std::size_t kk, std::size_t r) const { return rows[r][kk]; }
+};
+
+// A tile T (m ≤ MR rows, n ≤ NR columns) = Σ_kk a(kk, r) · Bp[kk, j] over kc, where Bp is a
+// packed kc × NR micro-panel, stored as alpha · T + beta · C with T(r, j) at
+// c[r·ldc + j]; or, with `transposed`, at c[j·ldc + r].
+template <class Arch, std::size_t MR, std::size_t NV, bool transposed = false, class ASource>
+T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const ASource& a, const float* T2_RESTRICT bp, float* c,
+                                   std::size_t ldc, std::size_t m, std::size_t n, float alpha, float beta) {
     using batch = xsimd::batch<float, Arch>;
     constexpr std::size_t L = batch::size;
     constexpr std::size_t NR = NV * L;
@@ -209,12 +222,14 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
 
     // The tile of C is read only after the k loop; fetching it now hides the cache misses
     // of a C too large for the caches (each k block of a large product updates all of C).
+    if constexpr (!transposed) {
 #pragma GCC unroll 16
-    for (std::size_t r = 0; r < MR; ++r)
-        if (r < m) {
-            __builtin_prefetch(c + r * ldc, 1);
-            __builtin_prefetch(c + r * ldc + NR - 1, 1);
-        }
+        for (std::size_t r = 0; r < MR; ++r)
+            if (r < m) {
+                __builtin_prefetch(c + r * ldc, 1);
+                __builtin_prefetch(c + r * ldc + NR - 1, 1);
+            }
+    }
     batch acc[MR][NV];
 #pragma GCC unroll 16
     for (std::size_t r = 0; r < MR; ++r) {
@@ -227,14 +242,14 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
         const batch b1 = batch::load_aligned(bp + kk * NR + L);
 #pragma GCC unroll 16
         for (std::size_t r = 0; r < MR; ++r) {
-            const batch a(ap[kk * MR + r]);
-            acc[r][0] = xsimd::fma(a, b0, acc[r][0]);
-            acc[r][1] = xsimd::fma(a, b1, acc[r][1]);
+            const batch ar(a(kk, r));
+            acc[r][0] = xsimd::fma(ar, b0, acc[r][0]);
+            acc[r][1] = xsimd::fma(ar, b1, acc[r][1]);
         }
     }
 
     const batch va(alpha), vb(beta);
-    if (m == MR && n == NR) {
+    if (!transposed && m == MR && n == NR) {
 #pragma GCC unroll 16
         for (std::size_t r = 0; r < MR; ++r)
 #pragma GCC unroll 4
@@ -253,7 +268,7 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const float* T2_RESTRICT ap,
             acc[r][v].store_aligned(tile + r * NR + v * L);
     for (std::size_t r = 0; r < m; ++r)
         for (std::size_t j = 0; j < n; ++j) {
-            float& dst = c[r * ldc + j];
+            float& dst = transposed ? c[j * ldc + r] : c[r * ldc + j];
             const float out = alpha * tile[r * NR + j];
             dst = beta != 0.f ? beta * dst + out : out;
         }
@@ -274,7 +289,8 @@ void gemm_row_blocks(const gemm_args<TB>& g, std::size_t i0, std::size_t m, std:
             const float* bp = packed_b + (jr / blk::nr) * kc * blk::nr;
             for (std::size_t ir = 0; ir < mc; ir += blk::mr) {
                 const float* ap = packed_a + (ir / blk::mr) * kc * blk::mr;
-                micro_kernel<Arch, blk::mr, blk::nv>(kc, ap, bp, g.c + (ib + ir) * g.ldc + j0 + jr, g.ldc,
+                micro_kernel<Arch, blk::mr, blk::nv>(kc, packed_panel<blk::mr>{ap}, bp,
+                                                     g.c + (ib + ir) * g.ldc + j0 + jr, g.ldc,
                                                      std::min(blk::mr, mc - ir), std::min(blk::nr, nc - jr),
                                                      g.alpha, beta);
             }
@@ -306,6 +322,34 @@ void gemm_packed(const gemm_args<TB>& g) {
             const std::size_t kc = std::min(blk::kc, g.k - k0);
             pack_b<blk::nr>(g, k0, kc, j0, nc, packed_b);
             gemm_row_blocks<Arch>(g, 0, g.m, j0, nc, k0, kc, packed_b, packed_a);
+        }
+    }
+}
+
+// C[m×n] = alpha · A[m×K] · W[n×K]ᵀ + beta · C for a few rows of A (m ≤ nr, one register
+// tile wide), with W f32: the roles of the packed gemm swapped. Aᵀ is packed (kc × nr, cheap:
+// A is small) and W is read in place, MR rows at a time broadcast along k, so W, by far the
+// larger operand, is never copied; each micro-tile is Cᵀ and is stored transposed. Packing W
+// cost as much as the arithmetic at 16 rows.
+template <class Arch>
+void gemm_few_rows(const gemm_args<float>& g) {
+    using blk = gemm_blocking<Arch>;
+    alignas(tensor_alignment) float packed_at[blk::kc * blk::nr];
+    for (std::size_t k0 = 0; k0 < g.k; k0 += blk::kc) {
+        const std::size_t kc = std::min(blk::kc, g.k - k0);
+        for (std::size_t kk = 0; kk < kc; ++kk) {
+            for (std::size_t i = 0; i < g.m; ++i)
+                packed_at[kk * blk::nr + i] = g.a[i * g.lda + k0 + kk];
+            for (std::size_t i = g.m; i < blk::nr; ++i)
+                packed_at[kk * blk::nr + i] = 0.f;
+        }
+        const float beta = k0 == 0 ? g.beta : 1.f;
+        for (std::size_t j0 = 0; j0 < g.n; j0 += blk::mr) {
+            const std::size_t rows = std::min(blk::mr, g.n - j0);
+            row_pointers<blk::mr> w;
+            for (std::size_t r = 0; r < blk::mr; ++r) // rows past the end repeat the last one
+                w.rows[r] = g.b + (j0 + std::min(r, rows - 1)) * g.ldb + k0;
+            micro_kernel<Arch, blk::mr, blk::nv, true>(kc, w, packed_at, g.c + j0, g.ldc, rows, g.m, g.alpha, beta);
         }
     }
 }
