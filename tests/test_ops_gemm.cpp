@@ -141,7 +141,7 @@ TEST_CASE("gemm threads<simd> gives simd's result bit for bit, whichever way it 
     // rows for every thread), never a sum: every thread count must reproduce one thread.
     const t2::exec::simd<> one;
     for (const shape& s : {shape{300, 70, 50}, shape{70, 300, 50}, shape{257, 333, 300}, shape{1000, 40, 600},
-                           shape{130, 97, 131}, shape{9, 777, 130}})
+                           shape{130, 97, 131}, shape{9, 777, 130}, shape{64, 1100, 40}})
         for (const gemm_options& o : all_options()) {
             problem p(s, o, 23);
             matrix<float> want = p.c;

@@ -123,14 +123,20 @@ void gemm(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
 }
 
 #if T2_ENABLE_SIMD
-// With SIMD pieces, a product with a few micro-tiles of rows for every thread shares each
-// packed block of B among the threads (gemm_packed_shared_b) instead of packing it once per
-// thread; x·Wᵀ for a few tokens still splits W's rows (C's columns) as above.
+// With SIMD pieces, a product with a few micro-tiles of rows for every thread may instead
+// share each packed block of B among the threads (gemm_packed_shared_b), splitting C's rows:
+// B is packed once rather than once per thread, and the rows divide evenly. It pays unless C
+// is much wider than tall and its columns divide into enough blocks to balance (x·Wᵀ for a
+// hundred tokens and a wide W), where the column split above needs no barrier. Measured on
+// two threads (AVX2): squares 0.9–1.0 → 1.0–1.1 of OpenBLAS; 128 rows × 288–768 columns
+// 0.6–0.9 → 0.9–1.1; 128 × 2048–4096 better split by columns (0.93–1.02 against 0.7–0.8).
 template <class Arch, class TB>
 void gemm(const exec::threads<exec::simd<Arch>>& ex, const gemm_args<TB>& g) {
     using blk = gemm_blocking<Arch>;
     const std::size_t threads = ex.concurrency();
-    if (threads > 1 && g.m >= threads * 4 * blk::mr && g.n >= blk::nr && g.k > 0 &&
+    const std::size_t column_blocks = (g.n + 63) / 64; // gemm_split_c's blocks
+    const bool columns_balance = g.n > g.m && column_blocks >= 8 * threads;
+    if (threads > 1 && g.m >= threads * 4 * blk::mr && !columns_balance && g.n >= blk::nr && g.k > 0 &&
         g.m * g.n * g.k >= (std::size_t{1} << 18))
         return gemm_packed_shared_b<Arch>(g, threads, [&](std::size_t n, auto&& f) { ex.pool().run(n, f); });
     gemm_split_c(ex, g);
