@@ -56,6 +56,8 @@ constexpr const char* generate_usage =
     "  --model FILE        checkpoint (llama2.c .bin, .gguf, or a Hugging Face directory)\n"
     "  --tokenizer FILE    llama2.c tokenizer.bin (default: the one the model embeds, else\n"
     "                      tokenizer.bin beside the model)\n"
+    "  --tokenizer-prefix  accept a tokenizer.bin with more entries than the model's\n"
+    "                      vocabulary and use its first ones (run.c's behaviour)\n"
     "  --prompt TEXT       prompt (default: empty)\n"
     "  --steps N           forward passes, prompt included; 0 = the model's context (default 256)\n"
     "  --temperature T     0 = greedy (default 1.0)\n"
@@ -211,12 +213,14 @@ std::size_t thread_count(const arguments& args) {
 t2::io::tokenizer find_tokenizer(const arguments& args, const t2::io::checkpoint& ck,
                                  const std::string& model_path) {
     if (const auto path = args.get("--tokenizer"))
-        return t2::io::read_llama2c_tokenizer(*path, ck.config.vocab_size);
+        return t2::io::read_llama2c_tokenizer(*path, ck.config.vocab_size,
+                                              {.first_entries_only = args.has("--tokenizer-prefix")});
     if (ck.tokenizer)
         return *ck.tokenizer;
     const auto beside = std::filesystem::path(model_path).parent_path() / "tokenizer.bin";
     if (std::filesystem::exists(beside))
-        return t2::io::read_llama2c_tokenizer(beside.string(), ck.config.vocab_size);
+        return t2::io::read_llama2c_tokenizer(beside.string(), ck.config.vocab_size,
+                                              {.first_entries_only = args.has("--tokenizer-prefix")});
     throw usage_error(model_path + " embeds no tokenizer and there is no tokenizer.bin beside it; "
                                    "pass --tokenizer FILE");
 }
@@ -236,7 +240,7 @@ int generate(int argc, char** argv) {
     const arguments args(argc, argv, 2,
                          {"--model", "--tokenizer", "--prompt", "--steps", "--temperature", "--top-p",
                           "--top-k", "--seed", "--threads", "--dtype", "--decomposition", "--expert"},
-                         {"--ids", "--mmap"});
+                         {"--ids", "--mmap", "--tokenizer-prefix"});
     if (args.help) {
         std::fputs(generate_usage, stdout);
         return 0;

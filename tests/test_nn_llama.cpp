@@ -196,6 +196,25 @@ TEST_CASE("tokenizer: run.c's encoding of prompts and decoding of pieces") {
     CHECK_THROWS_AS(tok.decode(0, 512), t2::error);
 }
 
+TEST_CASE("tokenizer: a tokenizer.bin of another vocabulary size is refused in the user's terms") {
+    // The 32000-token Llama 2 tokenizer beside the 512-token model, and the other way round.
+    const std::string big = models + "/tokenizer.bin", small = models + "/tok512.bin";
+    const auto too_many = t2_test::error_message([&] { t2::io::read_llama2c_tokenizer(big, 512); });
+    CHECK(t2_test::contains(too_many, "the tokenizer holds 32000 tokens, the model's vocabulary is 512"));
+    CHECK(t2_test::contains(too_many, "first_entries_only"));
+    const auto too_few = t2_test::error_message([&] { t2::io::read_llama2c_tokenizer(small, 32000); });
+    CHECK(t2_test::contains(too_few, "the tokenizer holds 512 tokens, the model's vocabulary is 32000"));
+    // run.c's behaviour, asked for: the first 512 entries.
+    const auto prefix = t2::io::read_llama2c_tokenizer(big, 512, {.first_entries_only = true});
+    CHECK(prefix.vocab_size() == 512);
+    // A file cut inside an entry is still a truncation, not a count.
+    std::ifstream in(small, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto cut = std::as_bytes(std::span(bytes.data(), bytes.size() - 2));
+    CHECK(t2_test::contains(t2_test::error_message([&] { t2::io::parse_llama2c_tokenizer(cut, "cut.bin", 512); }),
+                            "truncated"));
+}
+
 TEST_CASE("llama2.c reader rejects truncated and malformed files") {
     const std::string path = models + "/stories260K.bin";
     std::ifstream in(path, std::ios::binary);

@@ -39,6 +39,11 @@ expect_exit 2 "$t2" logits --model "$bin" --tokens 1,x,3
 expect_exit 1 "$t2" logits --model "$bin" --tokens 1,999
 expect_exit 1 "$t2" info --model "$tmp/does-not-exist.bin"
 grep -q "does-not-exist.bin" "$tmp/err" || fail "the error does not name the missing file"
+# A tokenizer of another vocabulary size is refused in the user's terms, unless asked for.
+expect_exit 1 "$t2" generate --model "$bin" --tokenizer "$models/tokenizer.bin" --steps 4
+grep -q "the tokenizer holds 32000 tokens, the model's vocabulary is 512" "$tmp/err" && pass ||
+    fail "tokenizer mismatch message: $(cat "$tmp/err")"
+expect_exit 0 "$t2" generate --model "$bin" --tokenizer "$models/tokenizer.bin" --tokenizer-prefix --steps 4
 head -c 1000 "$bin" >"$tmp/truncated.bin"
 expect_exit 1 "$t2" info --model "$tmp/truncated.bin"
 grep -q "truncated.bin" "$tmp/err" || fail "the error does not name the truncated file"

@@ -159,32 +159,62 @@ private:
     std::int32_t byte_ids_[256] = {}; // the <0xXX> piece of each byte, or unk_id
 };
 
+struct tokenizer_options {
+    // run.c's behaviour: read the first vocab_size entries and ignore any after them. Off,
+    // a file with more entries than the model's vocabulary is refused: its first entries
+    // are rarely the model's tokens (the 32000-token Llama 2 tokenizer beside a 512-token
+    // model decodes garbage).
+    bool first_entries_only = false;
+};
+
 // Parses a llama2.c tokenizer.bin for a model with `vocab_size` tokens; `path` names it in
-// messages.
+// messages. The format has no entry count, so a file that ends early or goes on past
+// vocab_size entries is told apart from a truncated one by parsing what is there.
 inline tokenizer parse_llama2c_tokenizer(std::span<const std::byte> bytes, const std::string& path,
-                                         std::size_t vocab_size) {
+                                         std::size_t vocab_size, const tokenizer_options& options = {}) {
     byte_reader r(bytes, path);
     const auto max_length = r.read<std::int32_t>("max_token_length");
     if (max_length <= 0 || max_length > (1 << 16))
         t2::detail::throw_error(path, ": max_token_length ", max_length,
                                 " is implausible; is this a llama2.c tokenizer.bin?");
+    const auto mismatch = [&](std::size_t entries) {
+        t2::detail::throw_error(path, ": the tokenizer holds ", entries, " tokens, the model's vocabulary is ",
+                                vocab_size,
+                                entries > vocab_size ? " (tokenizer_options::first_entries_only, or t2 generate "
+                                                       "--tokenizer-prefix, reads only the first ones, as run.c does)"
+                                                     : "");
+    };
+    const auto read_entry = [&](std::size_t i, float& score, std::string& piece) {
+        score = r.read<float>("token score");
+        const auto length = r.read<std::int32_t>("token length");
+        if (length < 0 || length > max_length)
+            t2::detail::throw_error(path, ": token ", i, " has length ", length, " (max_token_length is ",
+                                    max_length, ")");
+        const auto text = r.take(std::size_t(length), "token text");
+        piece.assign(reinterpret_cast<const char*>(text.data()), text.size());
+    };
     std::vector<std::string> pieces(vocab_size);
     std::vector<float> scores(vocab_size);
     for (std::size_t i = 0; i < vocab_size; ++i) {
-        scores[i] = r.read<float>("token score");
-        const auto length = r.read<std::int32_t>("token length");
-        if (length < 0 || length > max_length)
-            t2::detail::throw_error(path, ": token ", i, " has length ", length,
-                                    " (max_token_length is ", max_length, ")");
-        const auto bytes = r.take(std::size_t(length), "token text");
-        pieces[i].assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+        if (r.remaining() == 0)
+            mismatch(i);
+        read_entry(i, scores[i], pieces[i]);
+    }
+    if (r.remaining() != 0 && !options.first_entries_only) {
+        std::size_t entries = vocab_size;
+        for (float score = 0; r.remaining() != 0; ++entries) {
+            std::string piece;
+            read_entry(entries, score, piece);
+        }
+        mismatch(entries);
     }
     return tokenizer(std::move(pieces), std::move(scores));
 }
 
-inline tokenizer read_llama2c_tokenizer(const std::string& path, std::size_t vocab_size) {
+inline tokenizer read_llama2c_tokenizer(const std::string& path, std::size_t vocab_size,
+                                        const tokenizer_options& options = {}) {
     const mapped_file file(path);
-    return parse_llama2c_tokenizer(file.bytes(), path, vocab_size);
+    return parse_llama2c_tokenizer(file.bytes(), path, vocab_size, options);
 }
 
 } // namespace io
