@@ -115,7 +115,9 @@ TEST_CASE("gemm threads<simd> splits large products correctly") {
     // Big enough to pass the threading threshold and split both ways.
     t2::exec::thread_pool pool(3);
     const t2::exec::threads<t2::exec::simd<>> ex(pool);
-    for (const shape& s : {shape{300, 70, 50}, shape{70, 300, 50}, shape{1, 1000, 300}, shape{9, 777, 130}})
+    // 9 × 37 × 4133: gemm_few_rows over more than one of its k blocks.
+    for (const shape& s : {shape{300, 70, 50}, shape{70, 300, 50}, shape{1, 1000, 300}, shape{9, 777, 130},
+                           shape{9, 37, 4133}})
         for (const gemm_options& o : all_options()) {
             problem p(s, o, 11);
             matrix<float> want = p.c, got = p.c;
