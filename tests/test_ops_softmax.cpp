@@ -22,13 +22,19 @@ matrix<float> logits(std::size_t rows, std::size_t cols, std::uint64_t seed) {
     return t2_test::random_tensor(t2::dims<2>(rows, cols), seed, -8.f, 8.f);
 }
 
+double row_max(const matrix<float>& x, std::size_t r) {
+    double max = -INFINITY;
+    for (std::size_t c = 0; c < x.extent(1); ++c)
+        max = std::max(max, double(x(r, c)));
+    return max;
+}
+
 std::vector<float> softmax_double(const matrix<float>& x) {
     const std::size_t rows = x.extent(0), cols = x.extent(1);
     std::vector<float> y(x.size());
     for (std::size_t r = 0; r < rows; ++r) {
-        double max = -INFINITY, sum = 0;
-        for (std::size_t c = 0; c < cols; ++c)
-            max = std::max(max, double(x(r, c)));
+        const double max = row_max(x, r);
+        double sum = 0;
         for (std::size_t c = 0; c < cols; ++c)
             sum += std::exp(double(x(r, c)) - max);
         for (std::size_t c = 0; c < cols; ++c)
@@ -46,9 +52,8 @@ std::vector<double> softmax_error(const matrix<float>& x) {
     const std::size_t rows = x.extent(0), cols = x.extent(1);
     std::vector<double> e(x.size());
     for (std::size_t r = 0; r < rows; ++r) {
-        double max = -INFINITY, spread = 0;
-        for (std::size_t c = 0; c < cols; ++c)
-            max = std::max(max, double(x(r, c)));
+        const double max = row_max(x, r);
+        double spread = 0;
         for (std::size_t c = 0; c < cols; ++c)
             if (x(r, c) != -inf)
                 spread = std::max(spread, max - x(r, c));

@@ -20,10 +20,8 @@
 // first token is then 0.07 s against 0.12 s mapped (run.c: 0.12 s), except where fresh
 // memory is slow to fault in (a VM whose host reclaims freed guest memory: 0.37 s there).
 #include <algorithm>
-#include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <span>
@@ -31,8 +29,6 @@
 #include <vector>
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "t2/core/memory.hpp"
 #include "t2/io/mapped_file.hpp"
@@ -48,55 +44,6 @@ enum class load_mode {
 struct load_options {
     load_mode mode = load_mode::read;
 };
-
-namespace detail {
-
-// An open file descriptor, closed on scope exit.
-class file_descriptor {
-public:
-    explicit file_descriptor(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-        if (fd_ < 0)
-            t2::detail::throw_error(path, ": cannot open: ", std::strerror(errno));
-    }
-    file_descriptor(const file_descriptor&) = delete;
-    file_descriptor& operator=(const file_descriptor&) = delete;
-    ~file_descriptor() { ::close(fd_); }
-    int get() const noexcept { return fd_; }
-
-    // The size of a regular file; anything else is an error naming `path`.
-    std::size_t regular_file_size(const std::string& path) const {
-        struct stat st {};
-        if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode))
-            t2::detail::throw_error(path, ": not a regular file");
-        return static_cast<std::size_t>(st.st_size);
-    }
-
-    // Reads exactly n bytes at `offset` into dst, through short reads and EINTR. Returns
-    // fewer only at the end of the file.
-    std::size_t read_at(std::byte* dst, std::size_t n, std::size_t offset, const std::string& path) const {
-        std::size_t done = 0;
-        while (done < n) {
-            // Linux moves at most 0x7ffff000 bytes per call; ask for 1 GiB at a time.
-            const std::size_t want = std::min<std::size_t>(n - done, std::size_t{1} << 30);
-            const ::ssize_t got = ::pread(fd_, dst + done, want, static_cast<::off_t>(offset + done));
-            if (got < 0) {
-                if (errno == EINTR)
-                    continue;
-                t2::detail::throw_error(path, ": read failed at offset ", offset + done, ": ",
-                                        std::strerror(errno));
-            }
-            if (got == 0)
-                break;
-            done += static_cast<std::size_t>(got);
-        }
-        return done;
-    }
-
-private:
-    int fd_;
-};
-
-} // namespace detail
 
 // Up to n bytes from the start of a file (fewer when it is shorter): for peeking at a
 // header before choosing how to lay out the image.

@@ -1,7 +1,9 @@
 #pragma once
 // A read-only memory-mapped file. Checkpoint readers view their tensors in place, so loading
 // a model costs page faults on first use rather than a copy; the mapping lives as long as
-// any shared_ptr to it (every weight of a model holds one).
+// any shared_ptr to it (every weight of a model holds one). detail::file_descriptor, the
+// open file both it and io::file_image read through, lives here too.
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
@@ -19,28 +21,66 @@
 T2_NAMESPACE_BEGIN
 namespace io {
 
+namespace detail {
+
+// An open file descriptor, closed on scope exit.
+class file_descriptor {
+public:
+    explicit file_descriptor(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+        if (fd_ < 0)
+            t2::detail::throw_error(path, ": cannot open: ", std::strerror(errno));
+    }
+    file_descriptor(const file_descriptor&) = delete;
+    file_descriptor& operator=(const file_descriptor&) = delete;
+    ~file_descriptor() { ::close(fd_); }
+    int get() const noexcept { return fd_; }
+
+    // The size of a regular file; anything else is an error naming `path`.
+    std::size_t regular_file_size(const std::string& path) const {
+        struct stat st {};
+        if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode))
+            t2::detail::throw_error(path, ": not a regular file");
+        return static_cast<std::size_t>(st.st_size);
+    }
+
+    // Reads exactly n bytes at `offset` into dst, through short reads and EINTR. Returns
+    // fewer only at the end of the file.
+    std::size_t read_at(std::byte* dst, std::size_t n, std::size_t offset, const std::string& path) const {
+        std::size_t done = 0;
+        while (done < n) {
+            // Linux moves at most 0x7ffff000 bytes per call; ask for 1 GiB at a time.
+            const std::size_t want = std::min<std::size_t>(n - done, std::size_t{1} << 30);
+            const ::ssize_t got = ::pread(fd_, dst + done, want, static_cast<::off_t>(offset + done));
+            if (got < 0) {
+                if (errno == EINTR)
+                    continue;
+                t2::detail::throw_error(path, ": read failed at offset ", offset + done, ": ",
+                                        std::strerror(errno));
+            }
+            if (got == 0)
+                break;
+            done += static_cast<std::size_t>(got);
+        }
+        return done;
+    }
+
+private:
+    int fd_;
+};
+
+} // namespace detail
+
 class mapped_file {
 public:
     explicit mapped_file(std::string path) : path_(std::move(path)) {
-        const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            t2::detail::throw_error(path_, ": cannot open: ", std::strerror(errno));
-        struct stat st {};
-        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-            ::close(fd);
-            t2::detail::throw_error(path_, ": not a regular file");
-        }
-        size_ = static_cast<std::size_t>(st.st_size);
+        const detail::file_descriptor fd(path_);
+        size_ = fd.regular_file_size(path_);
         if (size_ > 0) {
-            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-            if (p == MAP_FAILED) {
-                const int err = errno;
-                ::close(fd);
-                t2::detail::throw_error(path_, ": cannot map: ", std::strerror(err));
-            }
+            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+            if (p == MAP_FAILED)
+                t2::detail::throw_error(path_, ": cannot map: ", std::strerror(errno));
             data_ = static_cast<const std::byte*>(p);
         }
-        ::close(fd);
     }
     mapped_file(const mapped_file&) = delete;
     mapped_file& operator=(const mapped_file&) = delete;

@@ -93,9 +93,11 @@ void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
 // of the other, so the split runs along the larger of m and n: columns for x·Wᵀ (few tokens,
 // wide W), rows for weight gradients such as dyᵀ·x of a 32000-wide classifier, whose A would
 // otherwise be packed once per thread.
+inline constexpr std::size_t split_block = 64; // gemm_split_c's blocks: a multiple of every micro-tile width
+
 template <class Inner, class TB>
 void gemm_split_c(const exec::threads<Inner>& ex, const gemm_args<TB>& g) {
-    constexpr std::size_t block = 64; // a multiple of every micro-tile width
+    constexpr std::size_t block = split_block;
     // Below these sizes a split costs more than it saves. Few-row products are bound by
     // streaming B, so they pay off sooner: at 32K elements of B a thread still reads 64 KiB.
     const std::size_t work = g.m * g.n * std::max<std::size_t>(g.k, 1);
@@ -134,7 +136,7 @@ template <class Arch, class TB>
 void gemm(const exec::threads<exec::simd<Arch>>& ex, const gemm_args<TB>& g) {
     using blk = gemm_blocking<Arch>;
     const std::size_t threads = ex.concurrency();
-    const std::size_t column_blocks = (g.n + 63) / 64; // gemm_split_c's blocks
+    const std::size_t column_blocks = (g.n + split_block - 1) / split_block;
     const bool columns_balance = g.n > g.m && column_blocks >= 8 * threads;
     if (threads > 1 && g.m >= threads * 4 * blk::mr && !columns_balance && g.n >= blk::nr && g.k > 0 &&
         g.m * g.n * g.k >= (std::size_t{1} << 18))

@@ -307,12 +307,19 @@ std::size_t packed_a_floats(std::size_t m, std::size_t k) {
     return round_up(std::min(blk::kc, k) * round_up(std::min(blk::mc, m), blk::mr), tensor_alignment / sizeof(float));
 }
 
+// Floats of one packed B block (kc × nc, whole micro-panels).
+template <class Arch>
+std::size_t packed_b_floats(std::size_t n, std::size_t k) {
+    using blk = gemm_blocking<Arch>;
+    return std::min(blk::kc, k) * round_up(std::min(blk::nc, n), blk::nr);
+}
+
 // Blocked, packed gemm on one thread; the packing buffers are sized to the problem.
 template <class Arch, class TB>
 void gemm_packed(const gemm_args<TB>& g) {
     using blk = gemm_blocking<Arch>;
     const std::size_t a_size = packed_a_floats<Arch>(g.m, g.k);
-    const std::size_t b_size = std::min(blk::kc, g.k) * round_up(std::min(blk::nc, g.n), blk::nr);
+    const std::size_t b_size = packed_b_floats<Arch>(g.n, g.k);
     aligned_buffer<float> workspace(a_size + b_size, uninitialized);
     float* packed_a = workspace.data();
     float* packed_b = workspace.data() + a_size;
@@ -371,7 +378,7 @@ void gemm_packed_shared_b(const gemm_args<TB>& g, std::size_t threads, Run&& run
     // Rows per thread: whole micro-tiles, as even as they come.
     const std::size_t rows = round_up((g.m + threads - 1) / threads, blk::mr);
     const std::size_t a_size = packed_a_floats<Arch>(std::min(rows, g.m), g.k);
-    const std::size_t b_size = std::min(blk::kc, g.k) * round_up(std::min(blk::nc, g.n), blk::nr);
+    const std::size_t b_size = packed_b_floats<Arch>(g.n, g.k);
     aligned_buffer<float> workspace(threads * a_size + b_size, uninitialized);
     float* packed_b = workspace.data() + threads * a_size;
     for (std::size_t j0 = 0; j0 < g.n; j0 += blk::nc) {
