@@ -3,12 +3,14 @@
 // stored as f32 and as bf16.
 //
 //   t2_bench_generate [--models stories15M,stories110M] [--threads 1,2] [--prefill N]
-//                     [--decode N] [--repeat R] [--write-llama2c DIR]
+//                     [--decode N] [--repeat R] [--batch 1,4,16,64] [--write-llama2c DIR]
 //
 // Each measurement is the median of --repeat runs. Decode is memory-bound: every token
 // streams all weights once, so it also prints the weight bytes per token and the implied
 // read bandwidth. --write-llama2c writes the same random weights as llama2.c checkpoints,
 // so that run.c (or llama.cpp after conversion) can be measured on identical models.
+// --batch adds lockstep decoding of B sequences (a B-row gemm per matrix instead of B
+// gemvs): the weights streamed once per step serve B tokens.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -73,19 +75,55 @@ measurement measure(const Model& model, const std::vector<std::int32_t>& prompt,
     return {median(prefill_rate), median(decode_rate)};
 }
 
+// Median tokens/s of B sequences decoding `decode` tokens in lockstep (one B-row forward
+// per step) after a prefill of `prompt` each; all tokens of all sequences count.
+template <class Model>
+double measure_batch(const Model& model, const std::vector<std::int32_t>& prompt, std::size_t decode,
+                     std::size_t repeat, std::size_t threads, std::size_t B) {
+    t2::exec::thread_pool pool(threads);
+    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    std::vector<double> rate;
+    for (std::size_t r = 0; r < repeat; ++r) {
+        std::vector<t2::nn::llama_state> states;
+        for (std::size_t b = 0; b < B; ++b)
+            states.push_back(model.make_state(prompt.size() + decode));
+        std::vector<std::int32_t> next(B);
+        std::vector<t2::nn::sequence_step> steps(B);
+        t2::nn::decoder_workspace ws;
+        for (std::size_t b = 0; b < B; ++b)
+            steps[b] = {&states[b], prompt};
+        const auto pick = [&](t2::matrix_view<const float> logits) {
+            for (std::size_t b = 0; b < B; ++b) {
+                next[b] = t2::ops::argmax(std::span<const float>(logits.row(b).data(), logits.extent(1)));
+                steps[b] = {&states[b], std::span<const std::int32_t>(&next[b], 1)};
+            }
+        };
+        pick(model.forward(ex, std::span<const t2::nn::sequence_step>(steps), ws));
+        using clock = std::chrono::steady_clock;
+        const auto t0 = clock::now();
+        for (std::size_t s = 0; s < decode; ++s)
+            pick(model.forward(ex, std::span<const t2::nn::sequence_step>(steps), ws));
+        rate.push_back(double(B * decode) / std::chrono::duration<double>(clock::now() - t0).count());
+    }
+    return median(rate);
+}
+
 } // namespace
 
 int main(int argc, char** argv) try {
     std::vector<std::string> models{"stories15M", "stories42M", "stories110M"};
     std::vector<std::size_t> threads{1, 2};
+    std::vector<std::size_t> batches;
     std::size_t prefill = 128, decode = 64, repeat = 5;
     std::string write_dir;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "-h" || arg == "--help") {
             std::puts("usage: t2_bench_generate [--models stories15M,stories42M,stories110M] [--threads 1,2]\n"
-                      "                         [--prefill N] [--decode N] [--repeat R] [--write-llama2c DIR]\n"
-                      "Prefill and decode tokens/s of random-weight models; medians of R runs (default 5).");
+                      "                         [--prefill N] [--decode N] [--repeat R] [--batch 1,4,16,64]\n"
+                      "                         [--write-llama2c DIR]\n"
+                      "Prefill and decode tokens/s of random-weight models; medians of R runs (default 5).\n"
+                      "--batch: also decode B sequences in lockstep and report tokens/s of all of them.");
             return 0;
         }
         if (i + 1 >= argc)
@@ -99,7 +137,10 @@ int main(int argc, char** argv) try {
         } else if (arg == "--prefill") prefill = parse_size(arg, value);
         else if (arg == "--decode") decode = parse_size(arg, value);
         else if (arg == "--repeat") repeat = parse_size(arg, value);
-        else if (arg == "--write-llama2c") write_dir = value;
+        else if (arg == "--batch") {
+            for (const auto& b : split(value))
+                batches.push_back(parse_size("--batch", b));
+        } else if (arg == "--write-llama2c") write_dir = value;
         else fail("unknown argument '" + arg + "' (see --help)");
     }
     std::printf("%-12s %7s %8s %12s %12s %10s %12s\n", "model", "threads", "storage", "prefill tok/s",
@@ -134,6 +175,19 @@ int main(int argc, char** argv) try {
         for (std::size_t n : threads) {
             report("f32", n, sizeof(float), measure(model, prompt, decode, repeat, n));
             report("bf16", n, sizeof(t2::bf16), measure(model_bf16, prompt, decode, repeat, n));
+        }
+        for (std::size_t n : threads) {
+            double single = 0;
+            for (std::size_t B : batches) {
+                const double rate = measure_batch(model, prompt, decode, repeat, n, B);
+                if (B == 1)
+                    single = rate;
+                std::printf("%-12s %7zu %8s  batch %3zu: %10.1f decode tok/s", name.c_str(), n, "f32", B, rate);
+                if (single > 0)
+                    std::printf("  (%.2fx batch 1)", rate / single);
+                std::printf("\n");
+                std::fflush(stdout);
+            }
         }
     }
     return 0;

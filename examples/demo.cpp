@@ -1,7 +1,8 @@
 // t2_demo: one Llama-style decoder block (RMSNorm, q/k/v projections, rotary embeddings,
-// causal softmax attention, output projection, SwiGLU MLP, residuals) built from t2's
-// kernels, run on every executor. It prints how long each takes and how far each result
-// is from the scalar reference — the same model code, only the executor changes.
+// causal softmax attention, output projection, SwiGLU MLP, residuals) — the library's own
+// block, the one inference and training run — with random weights, run on every executor.
+// It prints how long each takes and how far each result is from the scalar reference: the
+// same model code, only the executor changes.
 //
 // This is the foundation's tour; the self-adaptation demo replaces it once the model,
 // the adapter and two-pass inference exist.
@@ -89,71 +90,51 @@ matrix<float> random_matrix(std::size_t rows, std::size_t cols, std::uint64_t se
     return m;
 }
 
-struct block_weights {
+// The library's decoder block (t2::nn::block_forward) with random dense weights; the
+// matrices are stored [out × in] as checkpoints store them.
+struct random_block {
+    t2::nn::llama_config config;
     vector<float> attention_norm, mlp_norm;
-    matrix<float> wq, wk, wv, wo; // [dim × dim], stored [out × in]
-    matrix<float> w1, w3;         // [hidden × dim]
-    matrix<float> w2;             // [dim × hidden]
+    t2::nn::block_weights<t2::nn::dense<float>> weights;
 
-    block_weights(const options& o)
-        : attention_norm(o.dim), mlp_norm(o.dim), wq(random_matrix(o.dim, o.dim, o.seed + 1)),
-          wk(random_matrix(o.dim, o.dim, o.seed + 2)), wv(random_matrix(o.dim, o.dim, o.seed + 3)),
-          wo(random_matrix(o.dim, o.dim, o.seed + 4)), w1(random_matrix(o.hidden, o.dim, o.seed + 5)),
-          w3(random_matrix(o.hidden, o.dim, o.seed + 6)), w2(random_matrix(o.dim, o.hidden, o.seed + 7)) {
+    explicit random_block(const options& o)
+        : config{.dim = o.dim, .hidden_dim = o.hidden, .n_layers = 1, .n_heads = o.heads, .n_kv_heads = o.heads,
+                 .vocab_size = 1, .seq_len = o.tokens},
+          attention_norm(o.dim), mlp_norm(o.dim) {
         attention_norm.fill(1.f);
         mlp_norm.fill(1.f);
+        const auto dense = [&](std::size_t out, std::size_t in, std::uint64_t salt) {
+            return t2::nn::linear<t2::nn::dense<float>>(t2::nn::dense<float>(random_matrix(out, in, o.seed + salt)));
+        };
+        weights = {.attention_norm = attention_norm.view(),
+                   .wq = dense(o.dim, o.dim, 1),
+                   .wk = dense(o.dim, o.dim, 2),
+                   .wv = dense(o.dim, o.dim, 3),
+                   .wo = dense(o.dim, o.dim, 4),
+                   .mlp_norm = mlp_norm.view(),
+                   .w1 = dense(o.hidden, o.dim, 5),
+                   .w2 = dense(o.dim, o.hidden, 7),
+                   .w3 = dense(o.hidden, o.dim, 6)};
     }
 };
 
-// y = x · Wᵀ for W stored [out × in].
-template <class E>
-void linear(const E& ex, const matrix<float>& x, const matrix<float>& w, matrix<float>& y) {
-    t2::ops::gemm(ex, x, w, y, {.transpose_b = true});
-}
-
 // x[T×D] ← x + Block(x), causal over the T positions.
 template <class E>
-void decoder_block(const E& ex, const options& o, const block_weights& w, matrix<float>& x) {
-    const std::size_t T = o.tokens, D = o.dim, hd = D / o.heads;
-    matrix<float> h(T, D), q(T, D), k(T, D), v(T, D), attended(T, D), out(T, D);
-
-    t2::ops::rmsnorm(ex, x, w.attention_norm, h, 1e-5f);
-    linear(ex, h, w.wq, q);
-    linear(ex, h, w.wk, k);
-    linear(ex, h, w.wv, v);
-    const t2::ops::rope_config rope{.head_dim = hd};
-    t2::ops::rope(ex, q, 0, rope);
-    t2::ops::rope(ex, k, 0, rope);
-
-    // Views are contiguous, so each head is gathered into its own [T × hd] matrices.
-    matrix<float> qh(T, hd), kh(T, hd), vh(T, hd), scores(T, T), oh(T, hd);
-    for (std::size_t head = 0; head < o.heads; ++head) {
-        for (std::size_t t = 0; t < T; ++t)
-            for (std::size_t i = 0; i < hd; ++i) {
-                qh(t, i) = q(t, head * hd + i);
-                kh(t, i) = k(t, head * hd + i);
-                vh(t, i) = v(t, head * hd + i);
-            }
-        t2::ops::gemm(ex, qh, kh, scores, {.transpose_b = true, .alpha = 1.f / std::sqrt(float(hd))});
-        for (std::size_t t = 0; t < T; ++t) // causal: position t sees positions ≤ t
-            for (std::size_t s = t + 1; s < T; ++s)
-                scores(t, s) = -std::numeric_limits<float>::infinity();
-        t2::ops::softmax(ex, scores, scores);
-        t2::ops::gemm(ex, scores, vh, oh);
-        for (std::size_t t = 0; t < T; ++t)
-            for (std::size_t i = 0; i < hd; ++i)
-                attended(t, head * hd + i) = oh(t, i);
-    }
-    linear(ex, attended, w.wo, out);
-    t2::ops::add(ex, x.flat(), out.flat(), x.flat());
-
-    matrix<float> gate(T, o.hidden), up(T, o.hidden), act(T, o.hidden);
-    t2::ops::rmsnorm(ex, x, w.mlp_norm, h, 1e-5f);
-    linear(ex, h, w.w1, gate);
-    linear(ex, h, w.w3, up);
-    t2::ops::swiglu(ex, gate.flat(), up.flat(), act.flat());
-    linear(ex, act, w.w2, out);
-    t2::ops::add(ex, x.flat(), out.flat(), x.flat());
+void decoder_block(const E& ex, const random_block& block, matrix<float>& x) {
+    const t2::nn::llama_config& c = block.config;
+    const std::size_t T = x.extent(0);
+    matrix<float> h(T, c.dim), q(T, c.dim), k(T, c.dim), v(T, c.dim), attended(T, c.dim), projected(T, c.dim);
+    matrix<float> gate(T, c.hidden_dim), up(T, c.hidden_dim);
+    t2::tensor<float, t2::dims<3>> probs(t2::dims<3>(c.n_heads, T, T));
+    const t2::nn::block_activations a{.x = x.view(), .h1 = h.view(), .q = q.view(), .k = k.view(), .v = v.view(),
+                                      .attended = attended.view(), .x_mid = x.view(), .h2 = h.view(),
+                                      .gate = gate.view(), .up = up.view(), .act = gate.view(),
+                                      .projected = projected.view(), .out = x.view()};
+    const t2::nn::block_rows sequence{.first = 0, .count = T, .start = 0};
+    t2::nn::block_forward(ex, c, block.weights, a, std::span(&sequence, 1),
+                          [&](const auto& inner, auto qs, auto ks, auto vs, auto out) {
+                              t2::ops::causal_attention(inner, qs, ks, vs, out, probs.view(), c.n_heads, c.n_kv_heads);
+                          });
 }
 
 double flops(const options& o) {
@@ -167,13 +148,13 @@ struct run_result {
 };
 
 template <class E>
-run_result run(const E& ex, const options& o, const block_weights& w, const matrix<float>& input) {
+run_result run(const E& ex, const random_block& block, const matrix<float>& input) {
     double best = std::numeric_limits<double>::infinity();
     matrix<float> x = input;
     for (int rep = 0; rep < 3; ++rep) { // best of three: the machine may be busy
         x = input;
         const auto start = std::chrono::steady_clock::now();
-        decoder_block(ex, o, w, x);
+        decoder_block(ex, block, x);
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     return {std::move(x), best};
@@ -196,10 +177,10 @@ int main(int argc, char** argv) try {
     std::printf("t2 %s — one decoder block: %zu tokens, dim %zu, hidden %zu, %zu heads\n",
                 T2_VERSION_STRING, o.tokens, o.dim, o.hidden, o.heads);
 
-    const block_weights weights(o);
+    const random_block block(o);
     const matrix<float> input = random_matrix(o.tokens, o.dim, o.seed);
 
-    const run_result reference = run(t2::exec::scalar{}, o, weights, input);
+    const run_result reference = run(t2::exec::scalar{}, block, input);
     const auto report = [&](const char* name, const run_result& r) {
         std::printf("  %-24s %9.2f ms %8.1f GFLOP/s   max |Δ| vs scalar: %.1e (relative)\n", name,
                     r.seconds * 1e3, flops(o) / r.seconds * 1e-9,
@@ -208,14 +189,14 @@ int main(int argc, char** argv) try {
     report("scalar (reference)", reference);
 #if T2_ENABLE_SIMD
     const t2::exec::simd<> simd;
-    report("simd", run(simd, o, weights, input));
+    report("simd", run(simd, block, input));
     t2::exec::thread_pool pool(threads);
     const std::string threaded = "threads<simd> x" + std::to_string(threads);
-    report(threaded.c_str(), run(t2::exec::threads<t2::exec::simd<>>(pool), o, weights, input));
+    report(threaded.c_str(), run(t2::exec::threads<t2::exec::simd<>>(pool), block, input));
 #else
     t2::exec::thread_pool pool(threads);
     const std::string threaded = "threads<scalar> x" + std::to_string(threads);
-    report(threaded.c_str(), run(t2::exec::threads<t2::exec::scalar>(pool), o, weights, input));
+    report(threaded.c_str(), run(t2::exec::threads<t2::exec::scalar>(pool), block, input));
 #endif
     std::printf("(SIMD: %s, %zu f32 lanes: the widest ISA the compile flags allow)\n",
                 T2_ENABLE_SIMD ? "on" : "off", T2_ENABLE_SIMD ? t2::exec::simd<>::lanes : std::size_t{1});

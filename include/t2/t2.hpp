@@ -10,6 +10,7 @@
 #include "t2/core/rng.hpp"
 #include "t2/core/sha256.hpp"
 #include "t2/core/tensor.hpp"
+#include "t2/core/workspace.hpp"
 
 #include "t2/exec/cuda.hpp"
 #include "t2/exec/executor.hpp"
@@ -23,6 +24,7 @@
 #include "t2/nn/backprop.hpp"
 #include "t2/nn/config.hpp"
 #include "t2/nn/convert.hpp"
+#include "t2/nn/decoder_block.hpp"
 #include "t2/nn/generate.hpp"
 #include "t2/nn/kv_cache.hpp"
 #include "t2/nn/linear.hpp"

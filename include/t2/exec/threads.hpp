@@ -28,7 +28,10 @@ public:
     const Inner& inner() const noexcept { return inner_; }
     std::size_t concurrency() const noexcept { return pool_->size(); }
 
-    // Calls body(begin, end) over [0, n) in at most concurrency() * 4 chunks of at least
+    // The most chunks parallel_for splits work into.
+    std::size_t max_chunks() const noexcept { return concurrency() == 1 ? 1 : concurrency() * 4; }
+
+    // Calls body(begin, end) over [0, n) in at most max_chunks() chunks of at least
     // `grain` items each (a few chunks per thread balance uneven cores).
     template <class F>
     void parallel_for(std::size_t n, std::size_t grain, F&& body) const {
@@ -37,8 +40,7 @@ public:
         grain = std::max<std::size_t>(grain, 1);
         // Rounding n / grain down and sizing the chunks evenly (they differ by at most one
         // item) keeps every chunk >= grain; only n < grain gives a single smaller chunk.
-        const std::size_t max_chunks = std::max<std::size_t>(1, n / grain);
-        const std::size_t chunks = std::min(max_chunks, concurrency() == 1 ? 1 : concurrency() * 4);
+        const std::size_t chunks = std::min(std::max<std::size_t>(1, n / grain), max_chunks());
         const std::size_t step = n / chunks, longer = n % chunks; // the first `longer` get +1
         pool_->run(chunks, [&](std::size_t c) {
             const std::size_t begin = c * step + std::min(c, longer);

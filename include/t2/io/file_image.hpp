@@ -73,7 +73,7 @@ public:
         const std::size_t lead = (tensor_alignment - aligned_offset % tensor_alignment) % tensor_alignment;
         T2_CHECK(size <= std::numeric_limits<std::size_t>::max() - lead - t2::detail::huge_page_size,
                  path_, ": ", size, " bytes is too large to read");
-        buffer_.reset(static_cast<std::byte*>(t2::detail::aligned_allocate(lead + size)));
+        buffer_ = t2::detail::aligned_allocate<std::byte>(lead + size);
 #if defined(POSIX_FADV_SEQUENTIAL)
         ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL); // a hint: a larger readahead
 #endif

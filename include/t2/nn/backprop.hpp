@@ -13,8 +13,8 @@
 // mean (ops::cross_entropy). Gradients accumulate (+=) into `grads`, so calls over several
 // sequences sum; zero them between optimizer steps.
 //
-// The sequence runs from position 0 without a KV cache (ops::causal_attention), the same
-// function as llama::forward (tested to agree).
+// The sequence runs from position 0 without a KV cache, through the decoder block of
+// llama::forward (nn/decoder_block.hpp) with ops::causal_attention in place of the cached one.
 //
 // Memory kept for backward, per token and block, in floats: 6·dim + 2·kv_dim + 3·hidden
 // + n_heads·T (the attention probabilities); plus vocab (the logits, whose gradient
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "t2/core/tensor.hpp"
+#include "t2/nn/decoder_block.hpp"
 #include "t2/nn/llama.hpp"
 #include "t2/nn/matrices.hpp"
 #include "t2/ops/activations.hpp"
@@ -130,29 +131,22 @@ struct block_activations {
           probs(dims<3>(c.n_heads, T, T), uninitialized) {}
 };
 
-// Runs block b on a.x (filled by the caller) and writes its output to out.
+// Runs block b on a.x (filled by the caller) and writes its output to out: the decoder
+// block of inference, with causal attention over the whole sequence that keeps the
+// probabilities for the backward.
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_forward(const E& ex, const C& c, const block_weights<Weight>& b, block_activations& a,
                    matrix_view<float> out) {
     const std::size_t T = a.x.extent(0);
-    ops::rmsnorm(ex, a.x.view(), b.attention_norm, a.h1.view(), c.norm_eps);
-    b.wq(ex, a.h1.view(), a.q.view());
-    b.wk(ex, a.h1.view(), a.k.view());
-    b.wv(ex, a.h1.view(), a.v.view());
-    const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
-    ops::rope(ex, a.q.view(), 0, rope);
-    ops::rope(ex, a.k.view(), 0, rope);
-    ops::causal_attention(ex, a.q.view(), a.k.view(), a.v.view(), a.attended.view(), a.probs.view(), c.n_heads,
-                          c.n_kv_heads);
     matrix<float> projected = scratch_matrix(T, c.dim);
-    b.wo(ex, a.attended.view(), projected.view());
-    ops::add(ex, a.x.flat(), projected.flat(), a.x_mid.flat());
-    ops::rmsnorm(ex, a.x_mid.view(), b.mlp_norm, a.h2.view(), c.norm_eps);
-    b.w1(ex, a.h2.view(), a.gate.view());
-    b.w3(ex, a.h2.view(), a.up.view());
-    ops::swiglu(ex, a.gate.flat(), a.up.flat(), a.act.flat());
-    b.w2(ex, a.act.view(), projected.view());
-    ops::add(ex, a.x_mid.flat(), projected.flat(), out.flat());
+    const nn::block_activations where{a.x.view(),   a.h1.view(),    a.q.view(),  a.k.view(),    a.v.view(),
+                                      a.attended.view(), a.x_mid.view(), a.h2.view(), a.gate.view(), a.up.view(),
+                                      a.act.view(), projected.view(), out};
+    const block_rows sequence{0, T, 0};
+    nn::block_forward(ex, c, b, where, std::span(&sequence, 1),
+                      [&](const auto& inner, auto q, auto k, auto v, auto attended) {
+                          ops::causal_attention(inner, q, k, v, attended, a.probs.view(), c.n_heads, c.n_kv_heads);
+                      });
 }
 
 // dx: dL/d(block output) on entry, dL/d(block input) on return.

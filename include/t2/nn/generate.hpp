@@ -1,9 +1,20 @@
 #pragma once
-// Autoregressive generation with llama2.c run.c's semantics: the prompt (BOS first) is
-// prefilled in one forward pass, then each forward pass yields one sampled token that is
-// fed back; at most `steps` forward positions are run, so the sequence holds at most
-// steps + 1 tokens; sampling BOS ends the sequence.
+// Autoregressive generation.
+//
+// One sequence, with llama2.c run.c's semantics: the prompt (BOS first) is prefilled in one
+// forward pass, then each forward pass yields one sampled token that is fed back; at most
+// `steps` forward positions are run, so the sequence holds at most steps + 1 tokens;
+// sampling BOS ends the sequence.
+//
+// A batch of prompts: all prompts are prefilled in one packed forward pass, then the
+// sequences still running decode in lockstep, one B-row forward pass per token. Each stops on
+// its end token, on the caller's stop condition (e.g. a stop string), at its token budget or
+// when its context is full, and returns its tokens with the log-probability of each under
+// the model (the softmax of the raw logits, whatever the sampler's temperature: the policy's
+// log π(y) that REINFORCE weighs) and, on request, the logits it was sampled from.
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -36,19 +47,24 @@ std::vector<std::int32_t> generate(const E& ex, const Model& model, llama_state&
              state.cache.capacity());
     using clock = std::chrono::steady_clock;
     std::vector<std::int32_t> sequence(prompt.begin(), prompt.end());
+    sequence.reserve(steps + 1);
     const std::size_t end = state.position + steps;
+    const auto step = [&](std::span<const std::int32_t> tokens) {
+        const sequence_step one{&state, tokens};
+        return model.forward(ex, std::span(&one, 1), state.scratch).row(0);
+    };
     const auto t0 = clock::now();
-    auto logits = model.forward(ex, state, prompt);
+    auto logits = step(prompt);
     const auto t1 = clock::now();
     for (;;) {
-        const std::int32_t next = sample(logits.span());
+        const std::int32_t next = sample(std::span<const float>(logits.data(), logits.size()));
         if (next == bos_token)
             break;
         on_token(sequence.back(), next);
         sequence.push_back(next);
         if (state.position >= end)
             break;
-        logits = model.forward(ex, state, std::span<const std::int32_t>(&next, 1));
+        logits = step(std::span<const std::int32_t>(&sequence.back(), 1));
     }
     if (timing) {
         timing->prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -57,6 +73,117 @@ std::vector<std::int32_t> generate(const E& ex, const Model& model, llama_state&
         timing->generated_tokens = sequence.size() - prompt.size();
     }
     return sequence;
+}
+
+struct generation_options {
+    std::size_t max_new_tokens = 256;    // the token budget of each sequence
+    std::int32_t end_token = bos_token;  // ends a sequence (llama2.c's models end a story with BOS); -1: none
+    bool keep_logits = false;            // return the logits every token was sampled from
+};
+
+enum class stop_reason { end_token, stop_condition, budget, context };
+
+// One sequence of a batch: what it generated (its end token last, if it met one).
+struct generation {
+    std::vector<std::int32_t> tokens;
+    std::vector<float> logprobs; // log p(token) under the model, one per token
+    matrix<float> logits;        // [tokens × vocab] with keep_logits, else empty
+    stop_reason reason = stop_reason::budget;
+};
+
+// Never stops a sequence early.
+struct no_stop_condition {
+    bool operator()(std::size_t, std::span<const std::int32_t>) const noexcept { return false; }
+};
+
+namespace detail {
+
+// log softmax(logits)[token], in double.
+inline float log_probability(std::span<const float> logits, std::int32_t token) {
+    float top = logits[0];
+    for (const float x : logits)
+        top = std::max(top, x);
+    double sum = 0;
+    for (const float x : logits)
+        sum += std::exp(double(x) - double(top));
+    return static_cast<float>(double(logits[std::size_t(token)]) - double(top) - std::log(sum));
+}
+
+} // namespace detail
+
+// Generates for every prompt; stop(b, tokens) is asked after each token of sequence b
+// (tokens: what b has generated so far) and ends it when true. The sampler's draws are
+// taken in batch order, so a seeded run is reproducible.
+template <exec::cpu_executor E, class Model, class Stop = no_stop_condition>
+std::vector<generation> generate(const E& ex, const Model& model,
+                                 std::span<const std::span<const std::int32_t>> prompts, ops::sampler& sample,
+                                 const generation_options& options = {}, Stop&& stop = {}) {
+    const auto& c = model.config();
+    const std::size_t B = prompts.size();
+    T2_CHECK(B > 0, "generate: no prompts");
+    T2_CHECK(options.max_new_tokens > 0, "generate: a token budget of 0");
+    std::vector<llama_state> states;
+    states.reserve(B);
+    for (std::size_t b = 0; b < B; ++b) {
+        T2_CHECK(!prompts[b].empty(), "generate: prompt ", b, " is empty (it needs at least BOS)");
+        T2_CHECK(prompts[b].size() < c.seq_len, "generate: prompt ", b, " has ", prompts[b].size(),
+                 " tokens, the model's context is ", c.seq_len);
+        states.emplace_back(c, std::min(c.seq_len, prompts[b].size() + options.max_new_tokens));
+    }
+    std::vector<generation> out(B);
+    for (generation& g : out) {
+        g.tokens.reserve(options.max_new_tokens);
+        g.logprobs.reserve(options.max_new_tokens);
+    }
+    std::vector<std::vector<float>> kept_logits(options.keep_logits ? B : 0); // grown as tokens come
+
+    // Sequences still running, in batch order, with the step each takes next.
+    std::vector<std::size_t> running(B);
+    std::vector<sequence_step> steps(B);
+    for (std::size_t b = 0; b < B; ++b) {
+        running[b] = b;
+        steps[b] = {&states[b], prompts[b]};
+    }
+    decoder_workspace ws;
+    while (!running.empty()) {
+        const matrix_view<const float> logits = model.forward(ex, std::span<const sequence_step>(steps), ws);
+        std::size_t still = 0;
+        for (std::size_t i = 0; i < running.size(); ++i) {
+            const std::size_t b = running[i];
+            generation& g = out[b];
+            const auto row = logits.row(i);
+            const std::span<const float> scores(row.data(), row.size());
+            const std::int32_t token = sample(scores);
+            if (options.keep_logits)
+                kept_logits[b].insert(kept_logits[b].end(), scores.begin(), scores.end());
+            g.tokens.push_back(token);
+            g.logprobs.push_back(detail::log_probability(scores, token));
+            bool done = true;
+            if (token == options.end_token)
+                g.reason = stop_reason::end_token;
+            else if (stop(b, std::span<const std::int32_t>(g.tokens)))
+                g.reason = stop_reason::stop_condition;
+            else if (g.tokens.size() == options.max_new_tokens)
+                g.reason = stop_reason::budget;
+            else if (states[b].position == states[b].cache.capacity())
+                g.reason = stop_reason::context;
+            else
+                done = false;
+            if (!done) {
+                running[still] = b;
+                steps[still] = {&states[b], std::span<const std::int32_t>(&g.tokens.back(), 1)};
+                ++still;
+            }
+        }
+        running.resize(still);
+        steps.resize(still);
+    }
+    for (std::size_t b = 0; b < kept_logits.size(); ++b) {
+        const std::size_t n = out[b].tokens.size();
+        out[b].logits = matrix<float>(dims<2>(n, c.vocab_size), uninitialized);
+        std::copy(kept_logits[b].begin(), kept_logits[b].end(), out[b].logits.data());
+    }
+    return out;
 }
 
 } // namespace nn

@@ -1,7 +1,7 @@
 #pragma once
 // The key/value cache of a decoder: for every layer and KV head, the keys and values of
 // every position seen so far, each head's positions contiguous so that attention reads
-// them as ordinary row-major matrices.
+// them as ordinary row-major matrices (ops::cached_attention reads one layer at a time).
 //
 //   keys, values: [n_layers × n_kv_heads × seq_len × head_dim]
 #include <array>
@@ -36,13 +36,9 @@ public:
     std::size_t capacity() const noexcept { return keys_.extent(2); }
     std::size_t layers() const noexcept { return keys_.extent(0); }
 
-    // Rows [0, length) of one head's keys or values: [length × head_dim].
-    matrix_view<float> keys(std::size_t layer, std::size_t head, std::size_t length) {
-        return keys_.row(layer).row(head).rows(0, length);
-    }
-    matrix_view<float> values(std::size_t layer, std::size_t head, std::size_t length) {
-        return values_.row(layer).row(head).rows(0, length);
-    }
+    // One layer's keys or values: [n_kv_heads × capacity × head_dim].
+    tensor_view<float, dims<3>> layer_keys(std::size_t layer) { return keys_.row(layer); }
+    tensor_view<float, dims<3>> layer_values(std::size_t layer) { return values_.row(layer); }
 
 private:
     tensor<float, dims<4>> keys_, values_;

@@ -3,40 +3,39 @@
 // grouped-query attention with rotary embeddings and a KV cache; RMSNorm, SwiGLU MLP),
 // final RMSNorm, classifier (optionally tied to the embedding).
 //
-//   forward(ex, state, tokens[T]) → logits[T × vocab] (or [1 × vocab], the last position)
+//   forward(ex, batch, workspace)  → logits of each sequence's last position [B × vocab],
+//                                    or of every position [R × vocab] (logits_for::all)
+//   forward(ex, state, tokens)     → one sequence, the logits copied out
+//   hidden(ex, batch, workspace)   → the final-normed hidden states of every position [R × dim]
 //
-// The weights (llama_weights) are immutable and may be shared by several sessions; each
-// session's mutable part (KV cache, position, scratch) is a llama_state. T = 1 is decoding
-// (every matrix product is a gemv); T > 1 is prefill (gemm).
-#include <cmath>
+// The weights (llama_weights) are immutable and may be shared by any number of sequences
+// and threads; each sequence's mutable part (KV cache, position) is a llama_state. A batch
+// is B sequences, each with its own state and its own number of new tokens (R in all): the
+// rows of all of them are packed, so every matrix product is one gemm over R rows — packed
+// prefill, and lockstep decoding of B sequences as a B-row gemm instead of B gemvs. The
+// block itself is nn/decoder_block.hpp, shared with training (nn/backprop.hpp).
+//
+// Scratch memory comes from a decoder_workspace that is sized by the first call and reused,
+// so decoding token after token allocates nothing; the logits returned are a view into it,
+// valid until its next use. A llama_state carries one for the single-sequence forward.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <span>
 #include <vector>
 
 #include "t2/core/tensor.hpp"
+#include "t2/core/workspace.hpp"
 #include "t2/nn/config.hpp"
+#include "t2/nn/decoder_block.hpp"
 #include "t2/nn/kv_cache.hpp"
 #include "t2/nn/linear.hpp"
-#include "t2/nn/parallel.hpp"
-#include "t2/ops/activations.hpp"
-#include "t2/ops/elementwise.hpp"
+#include "t2/ops/cached_attention.hpp"
 #include "t2/ops/norms.hpp"
-#include "t2/ops/rope.hpp"
-#include "t2/ops/softmax.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace nn {
-
-template <weight_policy Weight>
-struct block_weights {
-    vector_view<const float> attention_norm; // [dim]
-    linear<Weight> wq, wk, wv, wo;           // [dim×dim], [kv_dim×dim] ×2, [dim×dim]
-    vector_view<const float> mlp_norm;       // [dim]
-    linear<Weight> w1, w2, w3;               // [hidden×dim], [dim×hidden], [hidden×dim]
-};
 
 template <weight_policy Weight>
 struct llama_weights {
@@ -45,6 +44,14 @@ struct llama_weights {
     vector_view<const float> final_norm;      // [dim]
     linear<Weight> classifier;                // [vocab × dim]
     std::shared_ptr<const void> owner;        // keeps the views above alive
+};
+
+// Scratch of forward calls: activations, attention scores, logits, and the per-sequence
+// bookkeeping of a batch, kept between calls (see the top of this file).
+struct decoder_workspace {
+    workspace floats;
+    std::vector<block_rows> rows;
+    std::vector<ops::attention_sequence> attention;
 };
 
 // Mutable per-sequence state.
@@ -56,8 +63,15 @@ public:
 
     kv_cache cache;
     std::size_t position = 0; // tokens already in the cache
+    decoder_workspace scratch; // for forward(ex, state, tokens); batches bring their own
 
     void reset() noexcept { position = 0; }
+};
+
+// One sequence of a batch: its state and the tokens to run at its next positions.
+struct sequence_step {
+    llama_state* state = nullptr;
+    std::span<const std::int32_t> tokens;
 };
 
 enum class logits_for { last, all };
@@ -76,111 +90,129 @@ public:
     // A fresh sequence; `context` bounds its length (and the KV cache), 0 = seq_len.
     llama_state make_state(std::size_t context = 0) const { return llama_state(config_, context); }
 
-    // Runs tokens[T] at positions state.position … +T-1, appends them to the cache and
-    // returns the logits of the last position or of all of them.
+    // Runs each sequence's tokens at its positions state.position … +T−1, appends them to
+    // its cache and returns the logits of each sequence's last position (B rows, in batch
+    // order) or of every position (R rows, packed in batch order).
+    template <exec::cpu_executor E>
+    matrix_view<const float> forward(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws,
+                                     logits_for which = logits_for::last) const {
+        return run(ex, batch, ws, which == logits_for::last ? output::last_logits : output::all_logits);
+    }
+
+    // The final-normed hidden states of every position [R × dim], packed in batch order; the
+    // caches advance as in forward.
+    template <exec::cpu_executor E>
+    matrix_view<const float> hidden(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws) const {
+        return run(ex, batch, ws, output::all_hidden);
+    }
+
+    // One sequence, with the state's own workspace; the logits are copied out.
     template <exec::cpu_executor E>
     matrix<float> forward(const E& ex, llama_state& state, std::span<const std::int32_t> tokens,
                           logits_for which = logits_for::last) const {
-        const std::size_t T = tokens.size(), D = config_.dim;
-        T2_CHECK(T > 0, "forward: no tokens");
-        T2_CHECK(state.position + T <= state.cache.capacity(), "forward: positions ", state.position,
-                 "..", state.position + T - 1, " exceed the state's context of ", state.cache.capacity(),
-                 " tokens");
-        T2_CHECK(state.cache.capacity() <= config_.seq_len && state.cache.layers() == config_.n_layers,
-                 "forward: the state belongs to another model");
-        matrix<float> x(T, D);
-        for (std::size_t t = 0; t < T; ++t) {
-            const std::int32_t token = tokens[t];
-            T2_CHECK(token >= 0 && static_cast<std::size_t>(token) < config_.vocab_size,
-                     "forward: token id ", token, " is outside the vocabulary of ",
-                     config_.vocab_size);
-            const auto row = weights_.token_embedding.row(static_cast<std::size_t>(token));
-            std::copy(row.data(), row.data() + D, x.row(t).data());
-        }
-        scratch s(config_, T);
-        for (std::size_t l = 0; l < config_.n_layers; ++l)
-            block(ex, l, state, x, s);
-        state.position += T;
+        const sequence_step step{&state, tokens};
+        const matrix_view<const float> logits = forward(ex, std::span(&step, 1), state.scratch, which);
+        matrix<float> copy(dims<2>(logits.extent(0), logits.extent(1)), uninitialized);
+        std::copy(logits.data(), logits.data() + logits.size(), copy.data());
+        return copy;
+    }
 
-        const std::size_t first = which == logits_for::last ? T - 1 : 0;
-        const auto rows = x.rows(first, T);
-        matrix<float> normed(T - first, D), logits(T - first, config_.vocab_size);
-        ops::rmsnorm(ex, rows, weights_.final_norm, normed, config_.norm_eps);
+private:
+    enum class output { last_logits, all_logits, all_hidden };
+
+    template <exec::cpu_executor E>
+    matrix_view<const float> run(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws,
+                                 output what) const {
+        const std::size_t D = config_.dim, B = batch.size();
+        const std::size_t R = check_batch(batch);
+        ws.rows.clear();
+        ws.attention.clear();
+        for (const sequence_step& s : batch) {
+            const std::size_t first = ws.rows.empty() ? 0 : ws.rows.back().first + ws.rows.back().count;
+            ws.rows.push_back({first, s.tokens.size(), s.state->position});
+            ws.attention.push_back({first, s.tokens.size(), s.state->position, s.state->cache.layer_keys(0),
+                                    s.state->cache.layer_values(0)});
+        }
+        const std::size_t heads = config_.n_heads, kv_heads = config_.n_kv_heads;
+        const std::size_t attention_floats =
+            ops::cached_attention_scratch(ex, std::span<const ops::attention_sequence>(ws.attention), heads,
+                                          kv_heads, head_dim(config_));
+        const std::size_t out_rows = what == output::last_logits ? B : R;
+        block_activations a;
+        matrix_view<float> selected, normed, logits;
+        std::span<float> attention_scratch;
+        ws.floats.layout([&](auto& take) {
+            a.x = a.x_mid = a.out = take(R, D);
+            a.h1 = a.h2 = take(R, D);
+            a.q = take(R, D);
+            a.k = take(R, kv_dim(config_));
+            a.v = take(R, kv_dim(config_));
+            a.attended = take(R, D);
+            a.projected = take(R, D);
+            a.gate = a.act = take(R, config_.hidden_dim);
+            a.up = take(R, config_.hidden_dim);
+            selected = what == output::last_logits ? take(B, D) : a.x;
+            normed = take(out_rows, D);
+            if (what != output::all_hidden)
+                logits = take(out_rows, config_.vocab_size);
+            const auto scores = take(attention_floats);
+            attention_scratch = std::span<float>(scores.data(), scores.size());
+        });
+
+        for (std::size_t b = 0; b < B; ++b)
+            for (std::size_t t = 0; t < ws.rows[b].count; ++t) {
+                const auto row = weights_.token_embedding.row(static_cast<std::size_t>(batch[b].tokens[t]));
+                std::copy(row.data(), row.data() + D, a.x.row(ws.rows[b].first + t).data());
+            }
+        for (std::size_t l = 0; l < config_.n_layers; ++l) {
+            for (std::size_t b = 0; b < B; ++b) {
+                ws.attention[b].keys = batch[b].state->cache.layer_keys(l);
+                ws.attention[b].values = batch[b].state->cache.layer_values(l);
+            }
+            block_forward(ex, config_, weights_.blocks[l], a, std::span<const block_rows>(ws.rows),
+                          [&](const auto& inner, auto q, auto k, auto v, auto attended) {
+                              ops::cached_attention(inner, q, k, v, std::span<const ops::attention_sequence>(ws.attention),
+                                                    attended, heads, kv_heads, attention_scratch);
+                          });
+        }
+        for (const sequence_step& s : batch)
+            s.state->position += s.tokens.size();
+
+        if (what == output::last_logits)
+            for (std::size_t b = 0; b < B; ++b) {
+                const auto last = a.x.row(ws.rows[b].first + ws.rows[b].count - 1);
+                std::copy(last.data(), last.data() + D, selected.row(b).data());
+            }
+        ops::rmsnorm(ex, selected, weights_.final_norm, normed, config_.norm_eps);
+        if (what == output::all_hidden)
+            return normed;
         weights_.classifier(ex, normed, logits);
         return logits;
     }
 
-private:
-    // Activations of one forward call, reused by every layer.
-    struct scratch {
-        matrix<float> h, q, k, v, attended, out, gate, up;
-        scratch(const Config& c, std::size_t T)
-            : h(T, c.dim), q(T, c.dim), k(T, kv_dim(c)), v(T, kv_dim(c)), attended(T, c.dim),
-              out(T, c.dim), gate(T, c.hidden_dim), up(T, c.hidden_dim) {}
-    };
-
-    template <exec::cpu_executor E>
-    void block(const E& ex, std::size_t l, llama_state& state, matrix<float>& x, scratch& s) const {
-        const block_weights<Weight>& w = weights_.blocks[l];
-        ops::rmsnorm(ex, x, w.attention_norm, s.h, config_.norm_eps);
-        w.wq(ex, s.h, s.q);
-        w.wk(ex, s.h, s.k);
-        w.wv(ex, s.h, s.v);
-        const ops::rope_config rope{head_dim(config_), config_.rope_theta, config_.rope_layout};
-        ops::rope(ex, s.q, state.position, rope);
-        ops::rope(ex, s.k, state.position, rope);
-        attention(ex, l, state, s);
-        w.wo(ex, s.attended, s.out);
-        ops::add(ex, x.flat(), s.out.flat(), x.flat());
-
-        ops::rmsnorm(ex, x, w.mlp_norm, s.h, config_.norm_eps);
-        w.w1(ex, s.h, s.gate);
-        w.w3(ex, s.h, s.up);
-        ops::swiglu(ex, s.gate.flat(), s.up.flat(), s.gate.flat());
-        w.w2(ex, s.gate, s.out);
-        ops::add(ex, x.flat(), s.out.flat(), x.flat());
-    }
-
-    // Causal grouped-query attention of T new positions over the cache. The queries of the
-    // heads sharing a KV head are stacked into one [group·T × head_dim] matrix, so each KV
-    // head costs two matrix products: scores = Q·Kᵀ and attended = softmax(scores)·V.
-    template <exec::cpu_executor E>
-    void attention(const E& ex, std::size_t l, llama_state& state, scratch& s) const {
-        const std::size_t T = s.q.extent(0), hd = head_dim(config_);
-        const std::size_t group = config_.n_heads / config_.n_kv_heads;
-        const std::size_t start = state.position, context = start + T;
-        const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-        for (std::size_t g = 0; g < config_.n_kv_heads; ++g) {
-            auto keys = state.cache.keys(l, g, context), values = state.cache.values(l, g, context);
-            for (std::size_t t = 0; t < T; ++t)
-                for (std::size_t i = 0; i < hd; ++i) {
-                    keys(start + t, i) = s.k(t, g * hd + i);
-                    values(start + t, i) = s.v(t, g * hd + i);
-                }
+    // Checks every sequence before anything runs; returns the rows in all.
+    std::size_t check_batch(std::span<const sequence_step> batch) const {
+        T2_CHECK(!batch.empty(), "forward: an empty batch");
+        std::size_t rows = 0;
+        for (std::size_t b = 0; b < batch.size(); ++b) {
+            const sequence_step& s = batch[b];
+            T2_CHECK(s.state, "forward: sequence ", b, " of the batch has no state");
+            const llama_state& state = *s.state;
+            const std::size_t T = s.tokens.size();
+            T2_CHECK(T > 0, "forward: no tokens", batch.size() > 1 ? " for a sequence of the batch" : "");
+            T2_CHECK(state.position + T <= state.cache.capacity(), "forward: positions ", state.position, "..",
+                     state.position + T - 1, " exceed the state's context of ", state.cache.capacity(), " tokens");
+            T2_CHECK(state.cache.capacity() <= config_.seq_len && state.cache.layers() == config_.n_layers,
+                     "forward: the state belongs to another model");
+            for (std::size_t c = 0; c < b; ++c)
+                T2_CHECK(batch[c].state != s.state, "forward: sequences ", c, " and ", b,
+                         " of the batch share one state");
+            for (const std::int32_t token : s.tokens)
+                T2_CHECK(token >= 0 && static_cast<std::size_t>(token) < config_.vocab_size, "forward: token id ",
+                         token, " is outside the vocabulary of ", config_.vocab_size);
+            rows += T;
         }
-        for_each_task(ex, config_.n_kv_heads, [&](const auto& inner, std::size_t g) {
-            const auto keys = state.cache.keys(l, g, context);
-            const auto values = state.cache.values(l, g, context);
-            matrix<float> queries(group * T, hd), scores(group * T, context), out(group * T, hd);
-            for (std::size_t j = 0; j < group; ++j)
-                for (std::size_t t = 0; t < T; ++t)
-                    for (std::size_t i = 0; i < hd; ++i)
-                        queries(j * T + t, i) = s.q(t, (g * group + j) * hd + i);
-            ops::gemm(inner, queries, keys, scores, {.transpose_b = true, .alpha = scale});
-            for (std::size_t r = 0; r < group * T; ++r) {
-                // Row r is position start + r % T: it sees the cache up to itself.
-                const std::size_t visible = start + r % T + 1;
-                auto row = scores.row(r);
-                const auto seen = row.rows(0, visible);
-                ops::softmax(inner, seen, seen);
-                std::fill(row.data() + visible, row.data() + context, 0.f);
-            }
-            ops::gemm(inner, scores, values, out);
-            for (std::size_t j = 0; j < group; ++j)
-                for (std::size_t t = 0; t < T; ++t)
-                    for (std::size_t i = 0; i < hd; ++i)
-                        s.attended(t, (g * group + j) * hd + i) = out(j * T + t, i);
-        });
+        return rows;
     }
 
     void check_shapes() const {

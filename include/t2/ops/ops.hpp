@@ -4,6 +4,7 @@
 #include "t2/ops/gemv.hpp"
 #include "t2/ops/activations.hpp"
 #include "t2/ops/attention.hpp"
+#include "t2/ops/cached_attention.hpp"
 #include "t2/ops/blas1.hpp"
 #include "t2/ops/cross_entropy.hpp"
 #include "t2/ops/elementwise.hpp"

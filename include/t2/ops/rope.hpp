@@ -19,6 +19,7 @@
 // grows with the position (about pos · 2^-24 radians); simd<Arch> evaluates cos and sin
 // with xsimd's polynomials, within a few ulp of the C library's.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <complex>
 #include <cstddef>
@@ -59,14 +60,34 @@ struct rope_positions {
     }
 };
 
+// n floats, inline up to N and on the heap beyond: per-call scratch sized by head_dim, so
+// that decoding a token allocates nothing for every model t2 reads (head_dim ≤ 512).
+template <std::size_t N>
+class small_floats {
+public:
+    explicit small_floats(std::size_t n) {
+        if (n > N)
+            heap_.resize(n);
+    }
+    small_floats(const small_floats&) = delete;
+    small_floats& operator=(const small_floats&) = delete;
+
+    float* data() noexcept { return heap_.empty() ? inline_.data() : heap_.data(); }
+    const float* data() const noexcept { return heap_.empty() ? inline_.data() : heap_.data(); }
+    float operator[](std::size_t i) const noexcept { return data()[i]; }
+
+private:
+    std::array<float, N> inline_;
+    std::vector<float> heap_;
+};
+
 // inv_freq[i] = 1 / θ^(2i/head_dim) for i < head_dim/2, in llama2.c's f32 arithmetic.
-inline std::vector<float> rope_frequencies(const rope_config& cfg) {
-    std::vector<float> inv_freq(cfg.head_dim / 2);
-    for (std::size_t i = 0; i < inv_freq.size(); ++i)
-        inv_freq[i] =
-            1.f / std::pow(cfg.theta, static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim));
-    return inv_freq;
-}
+struct rope_frequencies : small_floats<256> {
+    explicit rope_frequencies(const rope_config& cfg) : small_floats(cfg.head_dim / 2) {
+        for (std::size_t i = 0; i < cfg.head_dim / 2; ++i)
+            data()[i] = 1.f / std::pow(cfg.theta, static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim));
+    }
+};
 
 inline void rope_rotate(float& a, float& b, float c, float s) noexcept {
     const float a0 = a, b0 = b;
@@ -84,7 +105,7 @@ inline void rope_pair_offsets(rope_layout layout, std::size_t half, std::size_t 
 inline void rope(const exec::scalar&, float* x, std::size_t rows, std::size_t cols,
                  rope_positions positions, const rope_config& cfg) {
     const std::size_t half = cfg.head_dim / 2;
-    const std::vector<float> inv_freq = rope_frequencies(cfg);
+    const rope_frequencies inv_freq(cfg);
     for (std::size_t t = 0; t < rows; ++t) {
         const float pos = static_cast<float>(positions[t]);
         for (std::size_t i = 0; i < half; ++i) {
@@ -106,9 +127,9 @@ void rope(const exec::simd<Arch>&, float* x, std::size_t rows, std::size_t cols,
     using cbatch = xsimd::batch<std::complex<float>, Arch>;
     constexpr std::size_t lanes = batch::size;
     const std::size_t half = cfg.head_dim / 2, body = half / lanes * lanes;
-    const std::vector<float> inv_freq = rope_frequencies(cfg);
+    const rope_frequencies inv_freq(cfg);
     // cos and sin of row t's angles, computed once and used by every head of the row.
-    std::vector<float> cos_sin(2 * half);
+    small_floats<512> cos_sin(2 * half);
     float* cos_t = cos_sin.data();
     float* sin_t = cos_sin.data() + half;
     for (std::size_t t = 0; t < rows; ++t) {
@@ -172,7 +193,7 @@ template <exec::cpu_executor E>
 void rope_backward(const E& ex, float* x, std::size_t rows, std::size_t cols,
                    rope_positions positions, const rope_config& cfg) {
     const std::size_t half = cfg.head_dim / 2;
-    const std::vector<float> inv_freq = rope_frequencies(cfg);
+    const rope_frequencies inv_freq(cfg);
     for_row_ranges(ex, rows, cols, stream_grain, [&](std::size_t r0, std::size_t r1) {
         for (std::size_t t = r0; t < r1; ++t) {
             const float pos = static_cast<float>(positions[t]);

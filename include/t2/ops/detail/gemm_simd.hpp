@@ -314,15 +314,32 @@ std::size_t packed_b_floats(std::size_t n, std::size_t k) {
     return std::min(blk::kc, k) * round_up(std::min(blk::nc, n), blk::nr);
 }
 
-// Blocked, packed gemm on one thread; the packing buffers are sized to the problem.
+// The calling thread's packing memory, kept for its next gemm: a decoding step runs hundreds
+// of gemms, and allocating their buffers each time cost page faults on every call. Like
+// OpenBLAS's buffer pool it holds capacity, not state — no result depends on it — and one
+// gemm at a time uses it on a thread (gemm never nests on one thread). It grows to powers of
+// two from 256 KiB, so that attention's products, whose k grows by one per decoded token,
+// do not reallocate every token.
+inline float* packing_buffer(std::size_t floats) {
+    thread_local aligned_buffer<float> buffer;
+    if (buffer.size() < floats) {
+        std::size_t size = std::size_t{1} << 16;
+        while (size < floats)
+            size *= 2;
+        buffer = aligned_buffer<float>(); // free first: the peak is the new size, not both
+        buffer = aligned_buffer<float>(size, uninitialized);
+    }
+    return buffer.data();
+}
+
+// Blocked, packed gemm on one thread.
 template <class Arch, class TB>
 void gemm_packed(const gemm_args<TB>& g) {
     using blk = gemm_blocking<Arch>;
     const std::size_t a_size = packed_a_floats<Arch>(g.m, g.k);
     const std::size_t b_size = packed_b_floats<Arch>(g.n, g.k);
-    aligned_buffer<float> workspace(a_size + b_size, uninitialized);
-    float* packed_a = workspace.data();
-    float* packed_b = workspace.data() + a_size;
+    float* packed_a = packing_buffer(a_size + b_size);
+    float* packed_b = packed_a + a_size;
     for (std::size_t j0 = 0; j0 < g.n; j0 += blk::nc) {
         const std::size_t nc = std::min(blk::nc, g.n - j0);
         for (std::size_t k0 = 0; k0 < g.k; k0 += blk::kc) {
@@ -345,8 +362,7 @@ template <class Arch>
 void gemm_few_rows(const gemm_args<float>& g) {
     using blk = gemm_blocking<Arch>;
     constexpr std::size_t block_k = 4096;
-    aligned_buffer<float> packed(std::min(block_k, g.k) * blk::nr, uninitialized);
-    float* packed_at = packed.data();
+    float* packed_at = packing_buffer(std::min(block_k, g.k) * blk::nr);
     for (std::size_t k0 = 0; k0 < g.k; k0 += block_k) {
         const std::size_t kc = std::min(block_k, g.k - k0);
         for (std::size_t kk = 0; kk < kc; ++kk) {
@@ -379,8 +395,8 @@ void gemm_packed_shared_b(const gemm_args<TB>& g, std::size_t threads, Run&& run
     const std::size_t rows = round_up((g.m + threads - 1) / threads, blk::mr);
     const std::size_t a_size = packed_a_floats<Arch>(std::min(rows, g.m), g.k);
     const std::size_t b_size = packed_b_floats<Arch>(g.n, g.k);
-    aligned_buffer<float> workspace(threads * a_size + b_size, uninitialized);
-    float* packed_b = workspace.data() + threads * a_size;
+    float* workspace = packing_buffer(threads * a_size + b_size);
+    float* packed_b = workspace + threads * a_size;
     for (std::size_t j0 = 0; j0 < g.n; j0 += blk::nc) {
         const std::size_t nc = std::min(blk::nc, g.n - j0);
         const std::size_t panels = (nc + blk::nr - 1) / blk::nr;
@@ -396,7 +412,7 @@ void gemm_packed_shared_b(const gemm_args<TB>& g, std::size_t threads, Run&& run
                 const std::size_t i0 = t * rows;
                 if (i0 < g.m)
                     gemm_row_blocks<Arch>(g, i0, std::min(rows, g.m - i0), j0, nc, k0, kc, packed_b,
-                                          workspace.data() + t * a_size);
+                                          workspace + t * a_size);
             });
         }
     }

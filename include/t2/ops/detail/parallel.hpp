@@ -2,6 +2,9 @@
 // How kernels that are written once for every CPU executor split their work:
 //
 //   for_each_task(ex, n, body)                  body(inner, i) for i in [0, n)
+//   for_each_task_in_slot(ex, n, body)          body(inner, i, slot), slot < task_slots(ex, n):
+//                                               tasks with the same slot never overlap in time,
+//                                               so a slot can index preallocated scratch
 //   for_element_ranges(ex, n, grain, body)      body(begin, end) over the elements [0, n)
 //   for_row_ranges(ex, rows, cols, grain, body) body(begin, end) over the rows
 //   for_column_ranges(ex, rows, cols, grain, body)
@@ -14,6 +17,7 @@
 // sums over rows into one output row (a parameter gradient), which then need no locks and
 // come out the same for any thread count.
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 
 #include "t2/exec/threads.hpp"
@@ -33,6 +37,33 @@ void for_each_task(const exec::threads<Inner>& ex, std::size_t n, Body&& body) {
     ex.parallel_for(n, 1, [&](std::size_t begin, std::size_t end) {
         for (std::size_t i = begin; i < end; ++i)
             body(ex.inner(), i);
+    });
+}
+
+template <exec::cpu_executor E>
+std::size_t task_slots(const E&, std::size_t) noexcept {
+    return 1;
+}
+
+template <class Inner>
+std::size_t task_slots(const exec::threads<Inner>& ex, std::size_t n) noexcept {
+    return std::max<std::size_t>(1, std::min(n, ex.max_chunks()));
+}
+
+template <exec::cpu_executor E, class Body>
+void for_each_task_in_slot(const E& ex, std::size_t n, Body&& body) {
+    for (std::size_t i = 0; i < n; ++i)
+        body(ex, i, std::size_t{0});
+}
+
+// parallel_for runs each of its chunks once, on one thread: a chunk claims a slot.
+template <class Inner, class Body>
+void for_each_task_in_slot(const exec::threads<Inner>& ex, std::size_t n, Body&& body) {
+    std::atomic<std::size_t> next_slot{0};
+    ex.parallel_for(n, 1, [&](std::size_t begin, std::size_t end) {
+        const std::size_t slot = next_slot.fetch_add(1, std::memory_order_relaxed);
+        for (std::size_t i = begin; i < end; ++i)
+            body(ex.inner(), i, slot);
     });
 }
 

@@ -1,0 +1,75 @@
+#pragma once
+// The Llama decoder block, written once: pre-norm residual attention and SwiGLU MLP,
+//
+//   x_mid = x + wo(attention(rope(wq·h1), rope(wk·h1), wv·h1)),   h1 = rmsnorm(x)
+//   out   = x_mid + w2(swiglu(w1·h2, w3·h2)),                     h2 = rmsnorm(x_mid)
+//
+// over R rows packed from one or more sequences (block_rows says which rows belong to which
+// sequence and at which position each starts, for the rotary embedding).
+//
+// Where the activations go decides the mode. Inference (nn/llama.hpp) points x, x_mid and
+// out at one buffer, h1 at h2 and act at gate, and reuses them for every layer; training
+// (nn/backprop.hpp) gives every layer buffers of its own and keeps them for the backward.
+// Attention is the one step that differs, so it is passed in: over each sequence's KV cache
+// (ops::cached_attention) for inference, causal over whole sequences keeping the
+// probabilities (ops::causal_attention) for training.
+#include <cstddef>
+#include <span>
+
+#include "t2/core/tensor.hpp"
+#include "t2/nn/config.hpp"
+#include "t2/nn/linear.hpp"
+#include "t2/ops/activations.hpp"
+#include "t2/ops/elementwise.hpp"
+#include "t2/ops/norms.hpp"
+#include "t2/ops/rope.hpp"
+
+T2_NAMESPACE_BEGIN
+namespace nn {
+
+template <weight_policy Weight>
+struct block_weights {
+    vector_view<const float> attention_norm; // [dim]
+    linear<Weight> wq, wk, wv, wo;           // [dim×dim], [kv_dim×dim] ×2, [dim×dim]
+    vector_view<const float> mlp_norm;       // [dim]
+    linear<Weight> w1, w2, w3;               // [hidden×dim], [dim×hidden], [hidden×dim]
+};
+
+// Rows first … first + count − 1 of a packed batch are one sequence's positions start, ….
+struct block_rows {
+    std::size_t first = 0, count = 0, start = 0;
+};
+
+// Where block_forward reads its input and writes every intermediate: [R × dim] (x, h1,
+// attended, x_mid, h2, projected, out), [R × kv_dim] (k, v), [R × hidden] (gate, up, act).
+struct block_activations {
+    matrix_view<float> x, h1, q, k, v, attended, x_mid, h2, gate, up, act, projected, out;
+};
+
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Attention>
+void block_forward(const E& ex, const C& c, const block_weights<Weight>& w, const block_activations& a,
+                   std::span<const block_rows> sequences, Attention&& attention) {
+    ops::rmsnorm(ex, a.x, w.attention_norm, a.h1, c.norm_eps);
+    w.wq(ex, a.h1, a.q);
+    w.wk(ex, a.h1, a.k);
+    w.wv(ex, a.h1, a.v);
+    const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
+    for (const block_rows& s : sequences) {
+        ops::rope(ex, a.q.rows(s.first, s.first + s.count), s.start, rope);
+        ops::rope(ex, a.k.rows(s.first, s.first + s.count), s.start, rope);
+    }
+    attention(ex, matrix_view<const float>(a.q), matrix_view<const float>(a.k), matrix_view<const float>(a.v),
+              a.attended);
+    w.wo(ex, a.attended, a.projected);
+    ops::add(ex, a.x.flat(), a.projected.flat(), a.x_mid.flat());
+
+    ops::rmsnorm(ex, a.x_mid, w.mlp_norm, a.h2, c.norm_eps);
+    w.w1(ex, a.h2, a.gate);
+    w.w3(ex, a.h2, a.up);
+    ops::swiglu(ex, a.gate.flat(), a.up.flat(), a.act.flat());
+    w.w2(ex, a.act, a.projected);
+    ops::add(ex, a.x_mid.flat(), a.projected.flat(), a.out.flat());
+}
+
+} // namespace nn
+T2_NAMESPACE_END

@@ -1,0 +1,132 @@
+// Decoding allocates nothing per token: after the first calls have sized a sequence's
+// workspace (and each thread's gemm packing buffer), further tokens run on reused memory.
+// This translation unit replaces the global operator new to count allocations; counting is
+// switched on only around the calls measured, so doctest's own allocations do not count.
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "support/check.hpp"
+#include "t2/io/llama2c.hpp"
+#include "t2/nn/generate.hpp"
+#include "t2/nn/random_init.hpp"
+
+// The replacements below pair malloc with free (aligned_alloc's memory is freed by free too);
+// GCC cannot see that they replace the global operators and warns about a mismatch.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+namespace {
+std::atomic<bool> counting{false};
+std::atomic<std::size_t> allocations{0};
+
+// Out of line: a debugger's breakpoint here shows where an unexpected allocation comes from.
+[[gnu::noinline]] void count_allocation() {
+    if (counting.load(std::memory_order_relaxed))
+        allocations.fetch_add(1, std::memory_order_relaxed);
+}
+} // namespace
+
+void* operator new(std::size_t bytes) {
+    count_allocation();
+    if (void* p = std::malloc(bytes ? bytes : 1))
+        return p;
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t bytes) { return ::operator new(bytes); }
+// t2's tensors, workspaces and packing buffers (core/memory.hpp's aligned_allocate).
+void* operator new(std::size_t bytes, std::align_val_t alignment) {
+    count_allocation();
+    const std::size_t a = static_cast<std::size_t>(alignment);
+    if (void* p = std::aligned_alloc(a, (bytes + a - 1) / a * a))
+        return p;
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t bytes, std::align_val_t alignment) { return ::operator new(bytes, alignment); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace {
+
+const std::string models = T2_SHARED_MODELS_DIR;
+using model_type = t2::nn::llama<t2::nn::llama_config>;
+
+// The allocations f makes, t2's aligned buffers included.
+template <class F>
+std::size_t allocations_of(F&& f) {
+    allocations = 0;
+    counting = true;
+    f();
+    counting = false;
+    return allocations;
+}
+
+// Decodes `tokens` steps of B sequences in lockstep and returns the allocations of steps
+// 3 … tokens (the first two size the workspace and the packing buffers).
+template <class E>
+std::size_t lockstep_decode_allocations(const E& ex, const model_type& model, std::size_t B, std::size_t tokens) {
+    std::vector<t2::nn::llama_state> states;
+    for (std::size_t b = 0; b < B; ++b)
+        states.push_back(model.make_state(tokens + 1));
+    std::vector<std::int32_t> next(B, 1);
+    std::vector<t2::nn::sequence_step> steps(B);
+    t2::nn::decoder_workspace ws;
+    const auto step = [&] {
+        for (std::size_t b = 0; b < B; ++b)
+            steps[b] = {&states[b], std::span<const std::int32_t>(&next[b], 1)};
+        const auto logits = model.forward(ex, std::span<const t2::nn::sequence_step>(steps), ws);
+        for (std::size_t b = 0; b < B; ++b)
+            next[b] = t2::ops::argmax(std::span<const float>(logits.row(b).data(), logits.extent(1)));
+    };
+    step();
+    step();
+    return allocations_of([&] {
+        for (std::size_t t = 2; t < tokens; ++t)
+            step();
+    });
+}
+
+} // namespace
+
+TEST_CASE("decoding allocates nothing per token, one sequence or a lockstep batch") {
+    auto ck = t2::io::read_llama2c(models + "/stories260K.bin");
+    const model_type model(ck.config, std::move(ck.weights));
+    // The counter sees t2's buffers: a fresh state allocates its cache.
+    CHECK(allocations_of([&] { (void)model.make_state(8); }) > 0);
+    CHECK(lockstep_decode_allocations(t2::exec::scalar{}, model, 1, 24) == 0);
+#if T2_ENABLE_SIMD
+    // One row: dot products; 8 rows: few-row tiles; 24 rows: the packed gemm.
+    for (const std::size_t B : {1, 8, 24}) {
+        CAPTURE(B);
+        CHECK(lockstep_decode_allocations(t2::exec::simd<>{}, model, B, 24) == 0);
+    }
+    // Threads: which worker packs what varies from call to call, so only one row (no packing).
+    t2::exec::thread_pool pool(2);
+    CHECK(lockstep_decode_allocations(t2::exec::threads<t2::exec::simd<>>(pool), model, 1, 24) == 0);
+#endif
+}
+
+TEST_CASE("greedy generation allocates the same whatever the number of tokens") {
+    auto ck = t2::io::read_llama2c(models + "/stories260K.bin");
+    const model_type model(ck.config, std::move(ck.weights));
+    const std::vector<std::int32_t> prompt{1, 403, 407};
+    const auto count = [&](std::size_t steps) {
+        auto state = model.make_state(64);
+        t2::ops::sampler greedy({.temperature = 0.f});
+        return allocations_of([&] {
+            (void)t2::nn::generate(t2::exec::scalar{}, model, state, prompt, steps, greedy, [](auto, auto) {});
+        });
+    };
+    // stories260K ends its story with BOS only after ~100 tokens: both runs are full length.
+    CHECK(count(10) == count(40));
+}
