@@ -29,6 +29,7 @@
 #include "t2/nn/kv_cache.hpp"
 #include "t2/nn/linear.hpp"
 #include "t2/nn/llama.hpp"
+#include "t2/nn/loss.hpp"
 #include "t2/nn/matrices.hpp"
 #include "t2/nn/random_init.hpp"
 

@@ -9,6 +9,7 @@
 #include "t2/ops/cross_entropy.hpp"
 #include "t2/ops/elementwise.hpp"
 #include "t2/ops/embedding.hpp"
+#include "t2/ops/kl_divergence.hpp"
 #include "t2/ops/linear_backward.hpp"
 #include "t2/ops/norms.hpp"
 #include "t2/ops/reduce.hpp"
