@@ -1,28 +1,31 @@
 #pragma once
-// Exact backpropagation through a llama over one sequence: next-token cross-entropy with a
-// loss mask, and the gradients of whatever the weight policy trains (z for SVF, α and the
-// experts for mixtures, A and B for LoRA, W for dense weights on request), plus optionally
-// the norms and the token embedding.
+// Exact backpropagation through a llama over a batch of sequences: any loss object
+// (nn/loss.hpp: next-token cross-entropy, REINFORCE, a KL penalty to the base, their sums)
+// and the gradients of whatever the weight policy trains (z for SVF, α and the experts for
+// mixtures, A and B for LoRA, W for dense weights on request), plus optionally the norms and
+// the token embedding.
 //
 //   auto grads = t2::nn::make_gradients(model);
-//   float loss = t2::nn::forward_backward(ex, model, tokens, mask, grads);
+//   t2::nn::training_batch batch(sequences);              // B token sequences, packed
+//   float loss = t2::nn::forward_backward(ex, model, batch, t2::nn::reinforce{rewards, mask}, grads);
+//   float ce = t2::nn::forward_backward(ex, model, tokens, mask, grads);   // one sequence, CE
 //
-// tokens[N] are both inputs and targets: position t reads tokens[t] and predicts
-// tokens[t+1], for t < N−1. mask[N−1] weighs those predictions (0 leaves one out: the
-// prompt's tokens in supervised fine-tuning); empty counts all. The loss is the weighted
-// mean (ops::cross_entropy). Gradients accumulate (+=) into `grads`, so calls over several
-// sequences sum; zero them between optimizer steps.
+// A sequence of N tokens gives N−1 rows: row t reads tokens[t] and predicts tokens[t+1]. The
+// rows of the B sequences are stacked in batch order (training_batch: offsets and targets),
+// and a loss's per-row weights follow that packing. Gradients accumulate (+=) into `grads`,
+// so calls sum; zero them between optimizer steps.
 //
-// The sequence runs from position 0 without a KV cache, through the decoder block of
-// llama::forward (nn/decoder_block.hpp) with ops::causal_attention in place of the cached one.
+// Each sequence runs from position 0 without a KV cache, through the decoder block of
+// llama::forward (nn/decoder_block.hpp) with ops::causal_attention per sequence in place of
+// the cached one; every matrix product runs over all R rows of the batch at once.
 //
-// Memory kept for backward, per token and block, in floats: 6·dim + 2·kv_dim + 3·hidden
-// + n_heads·T (the attention probabilities); plus vocab (the logits, whose gradient
-// overwrites them) once. At stories15M's shape and T = 256 that is 6.3 MB per block and
-// 33 MB of logits. With
-// recompute = true only each block's input (dim floats per token) is kept and a block's
-// other activations are recomputed just before its backward: ~1 extra forward pass of
-// compute for n_layers× less activation memory (peak_activation_floats gives both).
+// Memory kept for backward, per row and block, in floats: 6·dim + 2·kv_dim + 3·hidden, plus
+// n_heads·T_b² per sequence and block (the attention probabilities); plus 2·vocab per row
+// (the logits and their gradient). At stories15M's shape and one sequence of T = 256 that is
+// 6.3 MB per block and 66 MB of logits. With recompute = true only each block's input (dim
+// floats per row) is kept and a block's other activations are recomputed just before its
+// backward: ~1 extra forward pass of compute for n_layers× less activation memory
+// (peak_activation_floats gives both).
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -32,6 +35,7 @@
 #include "t2/core/tensor.hpp"
 #include "t2/nn/decoder_block.hpp"
 #include "t2/nn/llama.hpp"
+#include "t2/nn/loss.hpp"
 #include "t2/nn/matrices.hpp"
 #include "t2/ops/activations.hpp"
 #include "t2/ops/attention.hpp"
@@ -101,14 +105,47 @@ llama_gradients<Weight> make_gradients(const llama<C, Weight>& model, const back
     return g;
 }
 
-// Floats of activations forward_backward keeps for a sequence of T tokens (inputs).
+// Floats of activations forward_backward keeps for one sequence of T tokens (inputs).
 template <model_config C>
 std::size_t peak_activation_floats(const C& c, std::size_t T, bool recompute) {
     const std::size_t per_block = T * (6 * c.dim + 2 * kv_dim(c) + 3 * c.hidden_dim + c.n_heads * T);
     const std::size_t inputs = T * c.dim * c.n_layers;
-    const std::size_t logits = T * c.vocab_size; // their gradient overwrites them
+    const std::size_t logits = 2 * T * c.vocab_size; // and their gradient
     return (recompute ? inputs + per_block : c.n_layers * per_block) + logits;
 }
+
+// B token sequences packed for training: sequence b's N_b − 1 rows (inputs and next-token
+// targets) at rows offsets[b] … offsets[b+1] − 1.
+class training_batch {
+public:
+    explicit training_batch(std::span<const std::span<const std::int32_t>> sequences) {
+        T2_CHECK(!sequences.empty(), "training_batch: no sequences");
+        offsets_.push_back(0);
+        for (std::size_t b = 0; b < sequences.size(); ++b) {
+            const auto s = sequences[b];
+            T2_CHECK(s.size() >= 2, "training_batch: sequence ", b, " has ", s.size(),
+                     " tokens; it needs at least 2 tokens (an input and its target)");
+            inputs_.insert(inputs_.end(), s.begin(), s.end() - 1);
+            targets_.insert(targets_.end(), s.begin() + 1, s.end());
+            offsets_.push_back(inputs_.size());
+        }
+    }
+    // One sequence.
+    explicit training_batch(std::span<const std::int32_t> tokens)
+        : training_batch(std::span<const std::span<const std::int32_t>>(&tokens, 1)) {}
+
+    std::size_t sequences() const noexcept { return offsets_.size() - 1; }
+    std::size_t rows() const noexcept { return inputs_.size(); }
+    std::size_t rows_of(std::size_t b) const noexcept { return offsets_[b + 1] - offsets_[b]; }
+    std::span<const std::size_t> offsets() const noexcept { return offsets_; }
+    std::span<const std::int32_t> inputs() const noexcept { return inputs_; }
+    std::span<const std::int32_t> targets() const noexcept { return targets_; }
+    loss_rows loss_rows_view() const noexcept { return {offsets_, targets_}; }
+
+private:
+    std::vector<std::size_t> offsets_;
+    std::vector<std::int32_t> inputs_, targets_;
+};
 
 namespace detail {
 
@@ -117,42 +154,64 @@ inline matrix<float> scratch_matrix(std::size_t rows, std::size_t cols) {
     return matrix<float>(dims<2>(rows, cols), uninitialized);
 }
 
-// What a block's backward needs from its forward.
+// What a block's backward needs from its forward, for R packed rows; the attention
+// probabilities of sequence b are probs[probs_offset(b) …] as [n_heads × T_b × T_b].
 struct block_activations {
     matrix<float> x, h1, q, k, v, attended, x_mid, h2, gate, up, act;
-    tensor<float, dims<3>> probs;
+    std::vector<std::size_t> probs_at; // B+1 offsets into probs
+    vector<float> probs;
 
     template <model_config C>
-    block_activations(const C& c, std::size_t T)
-        : x(scratch_matrix(T, c.dim)), h1(scratch_matrix(T, c.dim)), q(scratch_matrix(T, c.dim)),
-          k(scratch_matrix(T, kv_dim(c))), v(scratch_matrix(T, kv_dim(c))), attended(scratch_matrix(T, c.dim)),
-          x_mid(scratch_matrix(T, c.dim)), h2(scratch_matrix(T, c.dim)), gate(scratch_matrix(T, c.hidden_dim)),
-          up(scratch_matrix(T, c.hidden_dim)), act(scratch_matrix(T, c.hidden_dim)),
-          probs(dims<3>(c.n_heads, T, T), uninitialized) {}
+    block_activations(const C& c, const training_batch& batch)
+        : x(scratch_matrix(batch.rows(), c.dim)), h1(scratch_matrix(batch.rows(), c.dim)),
+          q(scratch_matrix(batch.rows(), c.dim)), k(scratch_matrix(batch.rows(), kv_dim(c))),
+          v(scratch_matrix(batch.rows(), kv_dim(c))), attended(scratch_matrix(batch.rows(), c.dim)),
+          x_mid(scratch_matrix(batch.rows(), c.dim)), h2(scratch_matrix(batch.rows(), c.dim)),
+          gate(scratch_matrix(batch.rows(), c.hidden_dim)), up(scratch_matrix(batch.rows(), c.hidden_dim)),
+          act(scratch_matrix(batch.rows(), c.hidden_dim)), probs_at(batch.sequences() + 1, 0) {
+        for (std::size_t b = 0; b < batch.sequences(); ++b)
+            probs_at[b + 1] = probs_at[b] + c.n_heads * batch.rows_of(b) * batch.rows_of(b);
+        probs = vector<float>(dims<1>(probs_at.back()), uninitialized);
+    }
+
+    // Sequence b's probabilities, [heads × T × T] for its T rows.
+    tensor_view<float, dims<3>> probs_of(std::size_t b, std::size_t heads, std::size_t T) {
+        return view_of(probs.data() + probs_at[b], heads, T, T);
+    }
+    tensor_view<const float, dims<3>> probs_of(std::size_t b, std::size_t heads, std::size_t T) const {
+        return view_of(probs.data() + probs_at[b], heads, T, T);
+    }
 };
 
+// Calls f(b, rows of sequence b) for every sequence of the batch.
+template <class F>
+void for_each_sequence(const training_batch& batch, F&& f) {
+    for (std::size_t b = 0; b < batch.sequences(); ++b)
+        f(b, batch.offsets()[b], batch.offsets()[b + 1]);
+}
+
 // Runs block b on a.x (filled by the caller) and writes its output to out: the decoder
-// block of inference, with causal attention over the whole sequence that keeps the
+// block of inference, with causal attention over each whole sequence that keeps the
 // probabilities for the backward.
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_forward(const E& ex, const C& c, const block_weights<Weight>& b, block_activations& a,
-                   matrix_view<float> out) {
-    const std::size_t T = a.x.extent(0);
-    matrix<float> projected = scratch_matrix(T, c.dim);
+                   const training_batch& batch, std::span<const block_rows> rows, matrix_view<float> out) {
+    matrix<float> projected = scratch_matrix(batch.rows(), c.dim);
     const nn::block_activations where{a.x.view(),   a.h1.view(),    a.q.view(),  a.k.view(),    a.v.view(),
                                       a.attended.view(), a.x_mid.view(), a.h2.view(), a.gate.view(), a.up.view(),
                                       a.act.view(), projected.view(), out};
-    const block_rows sequence{0, T, 0};
-    nn::block_forward(ex, c, b, where, std::span(&sequence, 1),
-                      [&](const auto& inner, auto q, auto k, auto v, auto attended) {
-                          ops::causal_attention(inner, q, k, v, attended, a.probs.view(), c.n_heads, c.n_kv_heads);
-                      });
+    nn::block_forward(ex, c, b, where, rows, [&](const auto& inner, auto q, auto k, auto v, auto attended) {
+        for_each_sequence(batch, [&](std::size_t s, std::size_t r0, std::size_t r1) {
+            ops::causal_attention(inner, q.rows(r0, r1), k.rows(r0, r1), v.rows(r0, r1), attended.rows(r0, r1),
+                                  a.probs_of(s, c.n_heads, r1 - r0), c.n_heads, c.n_kv_heads);
+        });
+    });
 }
 
 // dx: dL/d(block output) on entry, dL/d(block input) on return.
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, const block_activations& a,
-                    matrix_view<float> dx, block_gradients<Weight>& g) {
+                    const training_batch& batch, matrix_view<float> dx, block_gradients<Weight>& g) {
     const std::size_t T = a.x.extent(0);
     matrix<float> d_act = scratch_matrix(T, c.hidden_dim), d_gate = scratch_matrix(T, c.hidden_dim),
                   d_up = scratch_matrix(T, c.hidden_dim);
@@ -170,11 +229,14 @@ void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, con
     matrix<float> d_attended = scratch_matrix(T, c.dim), dq = scratch_matrix(T, c.dim),
                   dk = scratch_matrix(T, kv_dim(c)), dv = scratch_matrix(T, kv_dim(c));
     b.wo.backward(ex, a.attended.view(), dx, d_attended.view(), g.wo);
-    ops::causal_attention_backward(ex, a.q.view(), a.k.view(), a.v.view(), a.probs.view(), d_attended.view(),
-                                   dq.view(), dk.view(), dv.view(), c.n_heads, c.n_kv_heads);
     const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
-    ops::rope_backward(ex, dq.view(), 0, rope);
-    ops::rope_backward(ex, dk.view(), 0, rope);
+    for_each_sequence(batch, [&](std::size_t s, std::size_t r0, std::size_t r1) {
+        ops::causal_attention_backward(ex, a.q.rows(r0, r1), a.k.rows(r0, r1), a.v.rows(r0, r1), a.probs_of(s, c.n_heads, r1 - r0),
+                                       d_attended.rows(r0, r1), dq.rows(r0, r1), dk.rows(r0, r1), dv.rows(r0, r1),
+                                       c.n_heads, c.n_kv_heads);
+        ops::rope_backward(ex, dq.rows(r0, r1), 0, rope);
+        ops::rope_backward(ex, dk.rows(r0, r1), 0, rope);
+    });
     b.wq.backward(ex, a.h1.view(), dq.view(), d_h.view(), g.wq);
     b.wk.backward(ex, a.h1.view(), dk.view(), d_part.view(), g.wk);
     ops::add(ex, d_h.flat(), d_part.flat(), d_h.flat());
@@ -186,82 +248,120 @@ void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, con
 }
 
 template <model_config C>
-void check_sequence(const C& c, std::span<const std::int32_t> tokens, std::span<const float> mask) {
-    T2_CHECK(tokens.size() >= 2, "forward_backward: need at least 2 tokens (an input and its target), got ",
-             tokens.size());
-    T2_CHECK(tokens.size() - 1 <= c.seq_len, "forward_backward: ", tokens.size() - 1,
-             " input positions exceed the model's context of ", c.seq_len);
-    T2_CHECK(mask.empty() || mask.size() == tokens.size() - 1, "forward_backward: the loss mask has ", mask.size(),
-             " weights for ", tokens.size() - 1, " predictions (one per token after the first)");
+void check_batch(const C& c, const training_batch& batch) {
+    for (std::size_t b = 0; b < batch.sequences(); ++b)
+        T2_CHECK(batch.rows_of(b) <= c.seq_len, "forward_backward: sequence ", b, " has ", batch.rows_of(b),
+                 " input positions, more than the model's context of ", c.seq_len);
+    for (const std::int32_t token : batch.inputs())
+        T2_CHECK(token >= 0 && static_cast<std::size_t>(token) < c.vocab_size, "forward_backward: token id ",
+                 token, " is outside the vocabulary of ", c.vocab_size);
+}
+
+inline std::vector<block_rows> rows_from_position_0(const training_batch& batch) {
+    std::vector<block_rows> rows;
+    for_each_sequence(batch, [&](std::size_t, std::size_t r0, std::size_t r1) { rows.push_back({r0, r1 - r0, 0}); });
+    return rows;
+}
+
+inline void check_mask(std::span<const std::int32_t> tokens, std::span<const float> mask) {
+    T2_CHECK(mask.empty() || tokens.size() < 2 || mask.size() == tokens.size() - 1, "forward_backward: the loss mask has ",
+             mask.size(), " weights for ", tokens.size() - 1, " predictions (one per token after the first)");
 }
 
 } // namespace detail
 
+// The logits of every row of the batch [R × vocab] (each sequence from position 0), by the
+// inference forward: what a loss reads, e.g. the base model's logits for kl_to_base.
+template <exec::cpu_executor E, model_config C, weight_policy Weight>
+matrix<float> batch_logits(const E& ex, const llama<C, Weight>& model, const training_batch& batch) {
+    detail::check_batch(model.config(), batch);
+    std::vector<llama_state> states;
+    std::vector<sequence_step> steps;
+    states.reserve(batch.sequences());
+    for (std::size_t b = 0; b < batch.sequences(); ++b) {
+        states.push_back(model.make_state(batch.rows_of(b)));
+        steps.push_back({&states.back(), batch.inputs().subspan(batch.offsets()[b], batch.rows_of(b))});
+    }
+    decoder_workspace ws;
+    const auto logits = model.forward(ex, std::span<const sequence_step>(steps), ws, logits_for::all);
+    matrix<float> copy(dims<2>(logits.extent(0), logits.extent(1)), uninitialized);
+    std::copy(logits.data(), logits.data() + logits.size(), copy.data());
+    return copy;
+}
+
 // The loss of forward_backward without the backward: for evaluation and forward-only
 // gradient estimates.
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
+    requires loss_function<Loss, E>
+float batch_loss(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss) {
+    const matrix<float> logits = batch_logits(ex, model, batch);
+    return loss(ex, batch.loss_rows_view(), logits.view(), matrix_view<float>());
+}
+
+// Next-token cross-entropy of one sequence (mask: one weight per prediction, empty = all).
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 float sequence_loss(const E& ex, const llama<C, Weight>& model, std::span<const std::int32_t> tokens,
                     std::span<const float> mask = {}) {
-    detail::check_sequence(model.config(), tokens, mask);
-    auto state = model.make_state(tokens.size() - 1);
-    const auto logits = model.forward(ex, state, tokens.first(tokens.size() - 1), logits_for::all);
-    return ops::cross_entropy(ex, logits.view(), tokens.subspan(1), mask);
+    detail::check_mask(tokens, mask);
+    return batch_loss(ex, model, training_batch(tokens), next_token_cross_entropy{mask});
 }
 
-template <exec::cpu_executor E, model_config C, weight_policy Weight>
-float forward_backward(const E& ex, const llama<C, Weight>& model, std::span<const std::int32_t> tokens,
-                       std::span<const float> mask, llama_gradients<Weight>& grads,
-                       const backprop_options& options = {}) {
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
+    requires loss_function<Loss, E>
+float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
+                       llama_gradients<Weight>& grads, const backprop_options& options = {}) {
     const C& c = model.config();
     const llama_weights<Weight>& w = model.weights();
-    detail::check_sequence(c, tokens, mask);
+    detail::check_batch(c, batch);
     T2_CHECK(grads.blocks.size() == c.n_layers, "forward_backward: gradients for ", grads.blocks.size(),
              " blocks, the model has ", c.n_layers, " (use make_gradients)");
-    const std::size_t T = tokens.size() - 1, L = c.n_layers;
-    const auto inputs = tokens.first(T);
+    const std::size_t R = batch.rows(), L = c.n_layers;
+    const std::vector<block_rows> rows = detail::rows_from_position_0(batch);
 
     // Forward, keeping every block's activations (or only its input).
     std::vector<detail::block_activations> kept;
     std::vector<matrix<float>> block_inputs;
     kept.reserve(options.recompute ? 1 : L);
-    matrix<float> x = detail::scratch_matrix(T, c.dim);
-    ops::embedding(ex, w.token_embedding, inputs, x.view());
+    matrix<float> x = detail::scratch_matrix(R, c.dim);
+    ops::embedding(ex, w.token_embedding, batch.inputs(), x.view());
     for (std::size_t l = 0; l < L; ++l) {
         if (options.recompute) {
             block_inputs.push_back(x);
             if (kept.empty())
-                kept.emplace_back(c, T);
+                kept.emplace_back(c, batch);
         } else {
-            kept.emplace_back(c, T);
+            kept.emplace_back(c, batch);
         }
         detail::block_activations& a = kept.back();
         std::copy(x.data(), x.data() + x.size(), a.x.data());
-        detail::block_forward(ex, c, w.blocks[l], a, x.view());
+        detail::block_forward(ex, c, w.blocks[l], a, batch, rows, x.view());
     }
-    matrix<float> normed = detail::scratch_matrix(T, c.dim), logits = detail::scratch_matrix(T, c.vocab_size);
+    matrix<float> normed = detail::scratch_matrix(R, c.dim), logits = detail::scratch_matrix(R, c.vocab_size);
     ops::rmsnorm(ex, x.view(), w.final_norm, normed.view(), c.norm_eps);
     w.classifier(ex, normed.view(), logits.view());
-    const float loss = ops::cross_entropy(ex, logits.view(), tokens.subspan(1), mask, logits.view());
+    matrix<float> dlogits(R, c.vocab_size); // zeroed: losses add their gradients
+    const float value = loss(ex, batch.loss_rows_view(), logits.view(), dlogits.view());
+    logits = {};
 
     // Backward. A tied classifier's weight is the embedding: its gradient accumulates into
     // the embedding's, lent to the classifier's gradient for the call.
-    matrix<float> d_normed = detail::scratch_matrix(T, c.dim), dx = detail::scratch_matrix(T, c.dim);
+    matrix<float> d_normed = detail::scratch_matrix(R, c.dim), dx = detail::scratch_matrix(R, c.dim);
     if (c.shared_classifier) {
         auto tied = w.classifier.weight().make_gradient();
         if constexpr (requires { tied.weight; }) {
             std::swap(tied.weight, grads.token_embedding);
             try {
-                w.classifier.backward(ex, normed.view(), logits.view(), d_normed.view(), tied);
+                w.classifier.backward(ex, normed.view(), dlogits.view(), d_normed.view(), tied);
             } catch (...) {
                 std::swap(tied.weight, grads.token_embedding);
                 throw;
             }
             std::swap(tied.weight, grads.token_embedding);
         } else {
-            w.classifier.backward(ex, normed.view(), logits.view(), d_normed.view(), tied);
+            w.classifier.backward(ex, normed.view(), dlogits.view(), d_normed.view(), tied);
         }
     } else {
-        w.classifier.backward(ex, normed.view(), logits.view(), d_normed.view(), grads.classifier);
+        w.classifier.backward(ex, normed.view(), dlogits.view(), d_normed.view(), grads.classifier);
     }
     ops::rmsnorm_backward(ex, x.view(), w.final_norm, d_normed.view(), dx.view(), grads.final_norm.view(),
                           c.norm_eps);
@@ -270,15 +370,26 @@ float forward_backward(const E& ex, const llama<C, Weight>& model, std::span<con
         if (options.recompute) {
             a = &kept.front();
             std::copy(block_inputs[l].data(), block_inputs[l].data() + block_inputs[l].size(), a->x.data());
-            detail::block_forward(ex, c, w.blocks[l], *a, x.view()); // x is scratch here
+            detail::block_forward(ex, c, w.blocks[l], *a, batch, rows, x.view()); // x is scratch here
         } else {
             a = &kept[l];
         }
-        detail::block_backward(ex, c, w.blocks[l], *a, dx.view(), grads.blocks[l]);
+        detail::block_backward(ex, c, w.blocks[l], *a, batch, dx.view(), grads.blocks[l]);
     }
     if (grads.token_embedding.size() != 0)
-        ops::embedding_backward(ex, inputs, dx.view(), grads.token_embedding.view());
-    return loss;
+        ops::embedding_backward(ex, batch.inputs(), dx.view(), grads.token_embedding.view());
+    return value;
+}
+
+// One sequence with next-token cross-entropy: mask[N−1] weighs the predictions (0 leaves one
+// out, e.g. the prompt's tokens in supervised fine-tuning; empty counts all); the loss is
+// their weighted mean (ops::cross_entropy).
+template <exec::cpu_executor E, model_config C, weight_policy Weight>
+float forward_backward(const E& ex, const llama<C, Weight>& model, std::span<const std::int32_t> tokens,
+                       std::span<const float> mask, llama_gradients<Weight>& grads,
+                       const backprop_options& options = {}) {
+    detail::check_mask(tokens, mask);
+    return forward_backward(ex, model, training_batch(tokens), next_token_cross_entropy{mask}, grads, options);
 }
 
 } // namespace nn
