@@ -310,3 +310,110 @@ TEST_CASE("backprop: bf16 weights give input gradients; their weight gradients a
     CHECK(t2_test::contains(t2_test::error_message([&] { t2::nn::make_gradients(model, {.dense_weights = true}); }),
                             "f32 weights"));
 }
+
+TEST_CASE("backprop: a batch of unequal sequences with REINFORCE and a KL penalty") {
+    const t2::exec::simd<> ex;
+    const auto& c = configs[0]; // GQA
+    const auto weights = t2::nn::random_weights(c, 11);
+    const auto d = t2::adapt::decompose(ex, c, weights, t2::adapt::selection::mlp());
+    auto model = t2::adapt::make_svf_model(c, weights, d);
+    const t2::nn::llama<llama_config> base(c, weights);
+    std::vector<std::vector<float>> z;
+    for (auto& block : model.weights().blocks)
+        for (const auto p : t2::nn::all_projections) {
+            auto& w = t2::nn::projection_of(block, p).weight();
+            if (!w.adapted())
+                continue;
+            std::vector<float> values(w.rank());
+            t2_test::fill_uniform(values, 300 + z.size(), 0.7f, 1.3f);
+            w.set_z(ex, values);
+            z.push_back(values);
+        }
+    const std::vector<std::vector<std::int32_t>> sequences{t2_test::random_tokens(9, c.vocab_size, 21),
+                                                           t2_test::random_tokens(4, c.vocab_size, 22),
+                                                           t2_test::random_tokens(12, c.vocab_size, 23)};
+    const std::vector<std::span<const std::int32_t>> views(sequences.begin(), sequences.end());
+    const t2::nn::training_batch batch(views);
+    REQUIRE(batch.rows() == 8 + 3 + 11);
+    const std::vector<float> rewards{1.f, -1.f, 0.5f};
+    std::vector<float> mask(batch.rows(), 1.f); // the first two rows of each sequence are its prompt
+    for (std::size_t b = 0; b < 3; ++b)
+        mask[batch.offsets()[b]] = mask[batch.offsets()[b] + 1] = 0.f;
+    const auto base_logits = t2::nn::batch_logits(ex, base, batch);
+    const auto loss = t2::nn::losses(t2::nn::reinforce{rewards, mask},
+                                     t2::nn::kl_to_base{.base_logits = base_logits.view(), .coefficient = 0.2f});
+
+    auto g = t2::nn::make_gradients(model);
+    const float value = t2::nn::forward_backward(ex, model, batch, loss, g);
+    CHECK(value == doctest::Approx(t2::nn::batch_loss(ex, model, batch, loss)).epsilon(1e-5));
+
+    SUBCASE("the batch's REINFORCE gradient is the mean of each sequence's") {
+        auto alone = t2::nn::make_gradients(model);
+        for (std::size_t b = 0; b < 3; ++b) {
+            const t2::nn::training_batch one(views[b]);
+            const std::span<const float> its_mask(mask.data() + batch.offsets()[b], batch.rows_of(b));
+            t2::nn::forward_backward(ex, model, one, t2::nn::reinforce{std::span(&rewards[b], 1), its_mask}, alone);
+        }
+        auto batched = t2::nn::make_gradients(model);
+        t2::nn::forward_backward(ex, model, batch, t2::nn::reinforce{rewards, mask}, batched);
+        for (std::size_t l = 0; l < c.n_layers; ++l)
+            for (const auto p : {t2::nn::projection::w1, t2::nn::projection::w2, t2::nn::projection::w3}) {
+                const auto& want = t2::nn::projection_of(alone.blocks[l], p).z;
+                const auto& got = t2::nn::projection_of(batched.blocks[l], p).z;
+                REQUIRE(got.size() == want.size());
+                // The same sums over rows, split differently: within a few ulps of their size.
+                double difference = 0, size = 0;
+                for (std::size_t j = 0; j < got.size(); ++j) {
+                    difference += std::pow(double(got[j]) - double(want[j]) / 3, 2);
+                    size += std::pow(double(want[j]) / 3, 2);
+                }
+                CHECK(std::sqrt(difference) <= 1e-5 * std::sqrt(size));
+            }
+    }
+
+    SUBCASE("matches a directional finite difference") {
+        double analytic = 0;
+        std::vector<std::vector<float>> u;
+        std::size_t m = 0;
+        for (std::size_t l = 0; l < c.n_layers; ++l)
+            for (const auto p : t2::nn::all_projections) {
+                const auto& dz = t2::nn::projection_of(g.blocks[l], p).z;
+                if (dz.empty())
+                    continue;
+                std::vector<float> dir(dz.size());
+                t2_test::fill_uniform(dir, 400 + m++);
+                for (std::size_t j = 0; j < dz.size(); ++j)
+                    analytic += double(dz[j]) * dir[j];
+                u.push_back(dir);
+            }
+        const double fd = directional_fd([&] { return double(t2::nn::batch_loss(ex, model, batch, loss)); },
+                                         [&](float s) {
+                                             std::size_t k = 0;
+                                             for (auto& block : model.weights().blocks)
+                                                 for (const auto p : t2::nn::all_projections) {
+                                                     auto& w = t2::nn::projection_of(block, p).weight();
+                                                     if (!w.adapted())
+                                                         continue;
+                                                     for (std::size_t j = 0; j < z[k].size(); ++j)
+                                                         z[k][j] += s * u[k][j];
+                                                     w.set_z(ex, z[k]);
+                                                     ++k;
+                                                 }
+                                         },
+                                         2e-3f);
+        CHECK(analytic == doctest::Approx(fd).epsilon(2e-2));
+    }
+
+    SUBCASE("bad batches are refused") {
+        const std::vector<std::int32_t> short_one{1};
+        CHECK_THROWS_WITH_AS(t2::nn::training_batch(std::span<const std::int32_t>(short_one)),
+                             "training_batch: sequence 0 has 1 tokens; it needs at least 2 tokens (an input and its "
+                             "target)",
+                             t2::error);
+        const std::vector<float> two_rewards{1.f, 1.f};
+        CHECK(t2_test::contains(t2_test::error_message([&] {
+                                    t2::nn::forward_backward(ex, model, batch, t2::nn::reinforce{two_rewards}, g);
+                                }),
+                                "reward"));
+    }
+}
