@@ -3,21 +3,35 @@
 
 For each case it builds the adapted weights of a llama2.c checkpoint in float64 torch from
 their definitions, with requires_grad on the adapter parameters, runs a Llama forward (the
-ops of llama_reference.py, on torch tensors), takes the masked mean next-token
-cross-entropy and calls backward. Nothing here uses t2's code; only its files are read.
+ops of llama_reference.py, on torch tensors) over each sequence from position 0, takes the
+loss and calls backward. Nothing here uses t2's code; only its files are read.
 
   svf      W' = U diag(σ ⊙ z · c) Vᵀ,  c = Σσ / Σ(σ⊙z) with rescaling, else 1
   mixture  the same with z = Σ_k α_k z_k; α global [K] or per layer [n_layers × K]
   lora     W' = W + (alpha / rank) · B A,  A [rank × in], B [out × rank]
 
-Loss: position t reads tokens[t] and predicts tokens[t+1] (t < N−1), with weights mask[t]:
-L = Σ_t mask[t] · CE_t / Σ_t mask[t].
+Rows: a sequence of N tokens gives N−1 rows, row t reading tokens[t] and predicting
+tokens[t+1]; the rows of B sequences are stacked in order (t2's training_batch), R in all.
+ce_r = −log softmax(logits_r)[target_r]. The loss is the sum of the terms named (nn/loss.hpp):
+  cross_entropy  Σ_r mask_r·ce_r / Σ_r mask_r
+  reinforce      (1/B)·Σ_b rewards_b·Σ_{r in b} mask_r·ce_r
+  kl             kl_coefficient·Σ_r kl_weights_r·KL_r, with p = softmax of the BASE model's
+                 logits (the checkpoint's own matrices, no adapter) and q = softmax of the
+                 adapted model's on row r: KL_r = KL(p ‖ q) (base_to_adapted) or KL(q ‖ p)
+                 (adapted_to_base), ops/kl_divergence.hpp's two directions.
 
 A case is a directory holding case.txt (tab-separated "key value" lines):
   kind           svf | mixture | lora
   checkpoint     llama2.c file (read with llama_reference.read_llama2c)
   layout         interleaved | halves (the RoPE layout the model applies to q/k rows)
-  tokens         comma-separated ids;  mask: comma-separated weights, one per prediction
+  tokens         comma-separated ids: one sequence; or
+  sequences      a batch: sequences separated by ';', each comma-separated ids
+  mask           comma-separated weights, one per row
+  loss           comma-separated terms (default cross_entropy); with more than one term
+                 each term's value and gradients are written as well, in out/<term>/
+  rewards        comma-separated, one per sequence (reinforce)
+  kl_coefficient, kl_direction (base_to_adapted | adapted_to_base), kl_weights (optional,
+                 comma-separated, one per row; default all 1) (kl)
   decomposition  t2 decomposition file, safetensors: "<matrix>.U" [out×r], ".S" [r], ".V" [in×r]
                  (svf, mixture; every matrix it holds is adapted)
   rescale        0 | 1 (svf, mixture)
@@ -142,15 +156,24 @@ def run_case(directory):
     if layout not in ("interleaved", "halves"):
         raise SystemExit("%s: unknown layout %r" % (directory, layout))
     cfg, base = ref.read_llama2c(spec["checkpoint"])
-    tokens = [int(t) for t in spec["tokens"].split(",")]
+    if "sequences" in spec:
+        sequences = [[int(t) for t in seq.split(",")] for seq in spec["sequences"].split(";")]
+    else:
+        sequences = [[int(t) for t in spec["tokens"].split(",")]]
+    rows = sum(len(seq) - 1 for seq in sequences)
     mask = T([float(m) for m in spec["mask"].split(",")])
-    if len(mask) != len(tokens) - 1:
-        raise SystemExit("%s: %d mask weights for %d tokens" % (directory, len(mask), len(tokens)))
-    ref.check_tokens(cfg, tokens[:-1])
+    if len(mask) != rows:
+        raise SystemExit("%s: %d mask weights for %d rows" % (directory, len(mask), rows))
+    for seq in sequences:
+        if len(seq) < 2:
+            raise SystemExit("%s: a sequence of %d tokens has no row" % (directory, len(seq)))
+        ref.check_tokens(cfg, seq[:-1])
 
     w = {"tok_embeddings": T(base["tok_embeddings"]), "norm": T(base["norm"]),
          "output": T(base["output"]),
          "layers": [{k: T(v) for k, v in L.items()} for L in base["layers"]]}
+    base_w = {k: v for k, v in w.items() if k != "layers"}  # the base model, for kl
+    base_w["layers"] = [dict(L) for L in w["layers"]]
     inputs = {}  # name → leaf tensor requiring grad
 
     def param(name):
@@ -189,17 +212,58 @@ def run_case(directory):
     else:
         raise SystemExit("%s: unknown kind %r" % (directory, kind))
 
-    logits = forward(cfg, w, tokens[:-1], layout)
-    targets = torch.tensor(tokens[1:], dtype=torch.long)
-    ce = torch.logsumexp(logits, dim=-1) - logits[torch.arange(len(targets)), targets]
-    loss = (mask * ce).sum() / mask.sum()
-    loss.backward()
+    terms = spec.get("loss", "cross_entropy").split(",")
+    unknown = [t for t in terms if t not in ("cross_entropy", "reinforce", "kl")]
+    if unknown or len(set(terms)) != len(terms):
+        raise SystemExit("%s: loss %r: the terms are cross_entropy, reinforce, kl, each once"
+                         % (directory, spec.get("loss")))
+
+    def batch_logits(weights):  # [R × vocab], each sequence from position 0
+        return torch.cat([forward(cfg, weights, seq[:-1], layout) for seq in sequences])
+
+    logits = batch_logits(w)
+    targets = torch.tensor([t for seq in sequences for t in seq[1:]], dtype=torch.long)
+    log_q = torch.log_softmax(logits, dim=-1)
+    ce = -log_q[torch.arange(rows), targets]
+    values = {}
+    if "cross_entropy" in terms:
+        values["cross_entropy"] = (mask * ce).sum() / mask.sum()
+    if "reinforce" in terms:
+        rewards = [float(r) for r in spec["rewards"].split(",")]
+        if len(rewards) != len(sequences):
+            raise SystemExit("%s: %d rewards for %d sequences"
+                             % (directory, len(rewards), len(sequences)))
+        row_reward = T([r for r, seq in zip(rewards, sequences) for _ in seq[1:]])
+        values["reinforce"] = (row_reward * mask * ce).sum() / len(sequences)
+    if "kl" in terms:
+        with torch.no_grad():
+            log_p = torch.log_softmax(batch_logits(base_w), dim=-1)
+        if spec["kl_direction"] == "base_to_adapted":
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        elif spec["kl_direction"] == "adapted_to_base":
+            kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+        else:
+            raise SystemExit("%s: unknown kl_direction %r" % (directory, spec["kl_direction"]))
+        kl_weights = (T([float(x) for x in spec["kl_weights"].split(",")]) if "kl_weights" in spec
+                      else torch.ones(rows, dtype=f64))
+        if len(kl_weights) != rows:
+            raise SystemExit("%s: %d kl_weights for %d rows" % (directory, len(kl_weights), rows))
+        values["kl"] = float(spec["kl_coefficient"]) * (kl_weights * kl).sum()
+
+    def write(out, value, grads):
+        os.makedirs(out, exist_ok=True)
+        np.save(os.path.join(out, "loss.npy"), np.array([value.item()], dtype="<f8"))
+        for name, g in zip(inputs, grads):
+            np.save(os.path.join(out, name + ".npy"), np.ascontiguousarray(g.numpy(), dtype="<f8"))
 
     out = os.path.join(directory, "out")
-    os.makedirs(out, exist_ok=True)
-    np.save(os.path.join(out, "loss.npy"), np.array([loss.item()], dtype="<f8"))
-    for name, t in inputs.items():
-        np.save(os.path.join(out, name + ".npy"), np.ascontiguousarray(t.grad.numpy(), dtype="<f8"))
+    params = list(inputs.values())
+    if len(terms) > 1:
+        for term in terms:
+            write(os.path.join(out, term), values[term],
+                  torch.autograd.grad(values[term], params, retain_graph=True))
+    loss = sum(values[t] for t in terms)
+    write(out, loss, torch.autograd.grad(loss, params))
 
 
 def main():
