@@ -1,5 +1,5 @@
 // End-to-end prefill and decode speed of the Llama decoder at the tinyllamas sizes
-// (stories15M, stories42M, stories110M: vocab 32000, tied classifier) with random weights,
+// (stories15M, stories42M, stories110M: vocab 32000, tied classifier; and stories260K's shape) with random weights,
 // stored as f32 and as bf16.
 //
 //   t2_bench_generate [--models stories15M,stories110M] [--threads 1,2] [--prefill N]
@@ -119,7 +119,7 @@ int main(int argc, char** argv) try {
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "-h" || arg == "--help") {
-            std::puts("usage: t2_bench_generate [--models stories15M,stories42M,stories110M] [--threads 1,2]\n"
+            std::puts("usage: t2_bench_generate [--models stories260K,stories15M,stories42M,stories110M] [--threads 1,2]\n"
                       "                         [--prefill N] [--decode N] [--repeat R] [--batch 1,4,16,64]\n"
                       "                         [--write-llama2c DIR]\n"
                       "Prefill and decode tokens/s of random-weight models; medians of R runs (default 5).\n"
@@ -148,7 +148,7 @@ int main(int argc, char** argv) try {
     for (const std::string& name : models) {
         const t2::nn::llama_config* found = t2_bench::find_tinyllama(name);
         if (!found)
-            fail("unknown model '" + name + "' (stories15M, stories42M or stories110M)");
+            fail("unknown model '" + name + "' (stories260K, stories15M, stories42M or stories110M)");
         const t2::nn::llama_config& config = *found;
         if (prefill + decode > config.seq_len)
             fail("--prefill + --decode exceeds the context of " + std::to_string(config.seq_len));

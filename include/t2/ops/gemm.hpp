@@ -56,7 +56,8 @@ void gemm(const exec::scalar&, const gemm_args<TB>& g) {
 }
 
 // Up to this many rows of A, x·Wᵀ runs as dot products over the stored rows of W (one
-// sequential stream, no packing): decoding's one row and little more. From there up to one
+// sequential stream, no packing): decoding's one row and little more; x·B with B's rows
+// contiguous runs as transposed gemvs (attention's probabilities · values when decoding). From there up to one
 // register tile's width of rows (16 with AVX2, 32 with AVX-512) gemm_few_rows reads W in place
 // against a packed Aᵀ: at 16 rows 1.3–1.7× OpenBLAS on AVX2 where the packed kernel was
 // 0.9–1.2× (benchmarks/README.md).
@@ -67,7 +68,7 @@ template <class Arch, class TB>
 void gemm(const exec::simd<Arch>&, const gemm_args<TB>& g) {
     if (g.k == 0)
         return scale_c(g);
-    if (g.m == 1 && !g.trans_b)
+    if (g.m <= skinny_rows && !g.trans_b)
         return gemv_rows<Arch>(g);
     if constexpr (std::is_same_v<TB, float>)
         if (g.trans_b && !g.trans_a && g.m > skinny_rows && g.m <= gemm_blocking<Arch>::nr)

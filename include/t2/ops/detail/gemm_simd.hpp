@@ -218,7 +218,7 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const ASource& a, const float
     using batch = xsimd::batch<float, Arch>;
     constexpr std::size_t L = batch::size;
     constexpr std::size_t NR = NV * L;
-    static_assert(NV == 2, "the tile is two vectors wide");
+    static_assert(NV == 1 || NV == 2, "the tile is one or two vectors wide");
 
     // The tile of C is read only after the k loop; fetching it now hides the cache misses
     // of a C too large for the caches (each k block of a large product updates all of C).
@@ -232,19 +232,28 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const ASource& a, const float
     }
     batch acc[MR][NV];
 #pragma GCC unroll 16
-    for (std::size_t r = 0; r < MR; ++r) {
-        acc[r][0] = batch(0.f);
-        acc[r][1] = batch(0.f);
-    }
-    // Two named B vectors rather than an array: GCC keeps them in registers then.
-    for (std::size_t kk = 0; kk < kc; ++kk) {
-        const batch b0 = batch::load_aligned(bp + kk * NR);
-        const batch b1 = batch::load_aligned(bp + kk * NR + L);
+    for (std::size_t r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+        for (std::size_t v = 0; v < NV; ++v)
+            acc[r][v] = batch(0.f);
+    // Named B vectors rather than an array: GCC keeps them in registers then.
+    if constexpr (NV == 2) {
+        for (std::size_t kk = 0; kk < kc; ++kk) {
+            const batch b0 = batch::load_aligned(bp + kk * NR);
+            const batch b1 = batch::load_aligned(bp + kk * NR + L);
 #pragma GCC unroll 16
-        for (std::size_t r = 0; r < MR; ++r) {
-            const batch ar(a(kk, r));
-            acc[r][0] = xsimd::fma(ar, b0, acc[r][0]);
-            acc[r][1] = xsimd::fma(ar, b1, acc[r][1]);
+            for (std::size_t r = 0; r < MR; ++r) {
+                const batch ar(a(kk, r));
+                acc[r][0] = xsimd::fma(ar, b0, acc[r][0]);
+                acc[r][1] = xsimd::fma(ar, b1, acc[r][1]);
+            }
+        }
+    } else {
+        for (std::size_t kk = 0; kk < kc; ++kk) {
+            const batch b0 = batch::load_aligned(bp + kk * NR);
+#pragma GCC unroll 16
+            for (std::size_t r = 0; r < MR; ++r)
+                acc[r][0] = xsimd::fma(batch(a(kk, r)), b0, acc[r][0]);
         }
     }
 
@@ -358,28 +367,39 @@ void gemm_packed(const gemm_args<TB>& g) {
 // 256 KiB of L2 with AVX2) so that each W row is read as one long sequential stretch: with
 // the packed gemm's kc = 384 the six short row segments per tile defeated the hardware
 // prefetcher, 55–65 against 84–86 GFLOP/s at W = 4096×2048–4096 on one Zen 5 core.
-template <class Arch>
-void gemm_few_rows(const gemm_args<float>& g) {
-    using blk = gemm_blocking<Arch>;
-    constexpr std::size_t block_k = 4096;
-    float* packed_at = packing_buffer(std::min(block_k, g.k) * blk::nr);
+template <class Arch, std::size_t MR, std::size_t NV>
+void gemm_few_rows_tiles(const gemm_args<float>& g) {
+    constexpr std::size_t block_k = 4096, NR = NV * xsimd::batch<float, Arch>::size;
+    float* packed_at = packing_buffer(std::min(block_k, g.k) * NR);
     for (std::size_t k0 = 0; k0 < g.k; k0 += block_k) {
         const std::size_t kc = std::min(block_k, g.k - k0);
         for (std::size_t kk = 0; kk < kc; ++kk) {
             for (std::size_t i = 0; i < g.m; ++i)
-                packed_at[kk * blk::nr + i] = g.a[i * g.lda + k0 + kk];
-            for (std::size_t i = g.m; i < blk::nr; ++i)
-                packed_at[kk * blk::nr + i] = 0.f;
+                packed_at[kk * NR + i] = g.a[i * g.lda + k0 + kk];
+            for (std::size_t i = g.m; i < NR; ++i)
+                packed_at[kk * NR + i] = 0.f;
         }
         const float beta = k0 == 0 ? g.beta : 1.f;
-        for (std::size_t j0 = 0; j0 < g.n; j0 += blk::mr) {
-            const std::size_t rows = std::min(blk::mr, g.n - j0);
-            row_pointers<blk::mr> w;
-            for (std::size_t r = 0; r < blk::mr; ++r) // rows past the end repeat the last one
+        for (std::size_t j0 = 0; j0 < g.n; j0 += MR) {
+            const std::size_t rows = std::min(MR, g.n - j0);
+            row_pointers<MR> w;
+            for (std::size_t r = 0; r < MR; ++r) // rows past the end repeat the last one
                 w.rows[r] = g.b + (j0 + std::min(r, rows - 1)) * g.ldb + k0;
-            micro_kernel<Arch, blk::mr, blk::nv, true>(kc, w, packed_at, g.c + j0, g.ldc, rows, g.m, g.alpha, beta);
+            micro_kernel<Arch, MR, NV, true>(kc, w, packed_at, g.c + j0, g.ldc, rows, g.m, g.alpha, beta);
         }
     }
+}
+
+// With 16-lane vectors (AVX-512) up to 16 rows fit one vector: a tile one vector wide and
+// more W rows tall does no work on padding (a two-vector tile did half its FMAs on zeros at
+// 16 rows).
+template <class Arch>
+void gemm_few_rows(const gemm_args<float>& g) {
+    using blk = gemm_blocking<Arch>;
+    if constexpr (blk::lanes >= 16)
+        if (g.m <= blk::lanes)
+            return gemm_few_rows_tiles<Arch, blk::mr, 1>(g);
+    gemm_few_rows_tiles<Arch, blk::mr, blk::nv>(g);
 }
 
 // The packed gemm on `threads` threads that share each packed block of B (BLIS's scheme):
@@ -481,34 +501,35 @@ void gemm_dot(std::size_t m, std::size_t n, std::size_t k, float alpha, const fl
     }
 }
 
-// c[1×n] = alpha · a[1×k] · B[k×n] + beta · c with B rows contiguous (a transposed gemv):
-// c accumulates row by row of B, in column blocks small enough to stay in L1 while B
-// streams through once.
+// c[m×n] = alpha · a[m×k] · B[k×n] + beta · c for a few rows (m ≤ skinny_rows) with B rows
+// contiguous (transposed gemvs): each row of c accumulates row by row of B, in column
+// blocks small enough to stay in L1 while B streams through. Attention's probabilities ·
+// values at decoding (a few rows against a short cache) took a third of a small model's
+// token in the packed gemm's packing.
 template <class Arch, class TB>
 void gemv_rows(const gemm_args<TB>& g) {
     using batch = xsimd::batch<float, Arch>;
     constexpr std::size_t L = batch::size;
     constexpr std::size_t block = 1024;
-    for (std::size_t j0 = 0; j0 < g.n; j0 += block) {
-        const std::size_t nb = std::min(block, g.n - j0);
-        alignas(tensor_alignment) float acc[block];
-        std::fill_n(acc, nb, 0.f);
-        for (std::size_t kk = 0; kk < g.k; ++kk) {
-            const TB* row = g.b + kk * g.ldb + j0;
-            const float ak = g.a_at(0, kk);
-            const batch av(ak);
-            std::size_t j = 0;
-            for (; j + L <= nb; j += L)
-                xsimd::fma(av, load_f32<Arch>(row + j), batch::load_aligned(acc + j))
-                    .store_aligned(acc + j);
-            for (; j < nb; ++j)
-                acc[j] += ak * to_f32(row[j]);
+    for (std::size_t i = 0; i < g.m; ++i)
+        for (std::size_t j0 = 0; j0 < g.n; j0 += block) {
+            const std::size_t nb = std::min(block, g.n - j0);
+            alignas(tensor_alignment) float acc[block];
+            std::fill_n(acc, nb, 0.f);
+            for (std::size_t kk = 0; kk < g.k; ++kk) {
+                const TB* row = g.b + kk * g.ldb + j0;
+                const float ak = g.a_at(i, kk);
+                const batch av(ak);
+                std::size_t j = 0;
+                for (; j + L <= nb; j += L)
+                    xsimd::fma(av, load_f32<Arch>(row + j), batch::load_aligned(acc + j)).store_aligned(acc + j);
+                for (; j < nb; ++j)
+                    acc[j] += ak * to_f32(row[j]);
+            }
+            float* out = g.c + i * g.ldc + j0;
+            for (std::size_t j = 0; j < nb; ++j)
+                out[j] = g.beta != 0.f ? g.beta * out[j] + g.alpha * acc[j] : g.alpha * acc[j];
         }
-        for (std::size_t j = 0; j < nb; ++j) {
-            float& dst = g.c[j0 + j];
-            dst = g.beta != 0.f ? g.beta * dst + g.alpha * acc[j] : g.alpha * acc[j];
-        }
-    }
 }
 
 } // namespace ops::detail
