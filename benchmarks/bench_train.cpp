@@ -41,19 +41,22 @@ std::size_t parse_size(const std::string& flag, const std::string& text) {
     return t2_bench::parse_count(program, flag, text);
 }
 
-// Median tokens/s of forward_backward steps.
+// Median tokens/s of forward_backward steps, on one reused training workspace (as a training
+// loop runs them).
 template <class Model>
 double measure(const Model& model, const std::vector<std::int32_t>& tokens, const std::vector<float>& mask,
                std::size_t threads, std::size_t repeat, const t2::nn::backprop_options& options) {
     t2::exec::thread_pool pool(threads);
     const t2::exec::threads<t2::exec::simd<>> ex(pool);
     auto grads = t2::nn::make_gradients(model, options);
+    const t2::nn::training_batch batch{std::span<const std::int32_t>(tokens)};
+    t2::nn::training_workspace ws;
     std::vector<double> rates;
     for (std::size_t r = 0; r <= repeat; ++r) {
         const auto start = std::chrono::steady_clock::now();
-        t2::nn::forward_backward(ex, model, tokens, mask, grads, options);
+        t2::nn::forward_backward(ex, model, batch, t2::nn::next_token_cross_entropy{mask}, grads, ws, options);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        if (r > 0) // the first step warms caches and the allocator
+        if (r > 0) // the first step sizes the workspace and warms the caches
             rates.push_back(double(tokens.size() - 1) / seconds);
     }
     return median(rates);

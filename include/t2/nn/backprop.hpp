@@ -26,8 +26,11 @@
 // floats per row) is kept and a block's other activations are recomputed just before its
 // backward: ~1 extra forward pass of compute for n_layers× less activation memory
 // (peak_activation_floats gives both).
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -195,8 +198,8 @@ void for_each_sequence(const training_batch& batch, F&& f) {
 // probabilities for the backward.
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_forward(const E& ex, const C& c, const block_weights<Weight>& b, block_activations& a,
-                   const training_batch& batch, std::span<const block_rows> rows, matrix_view<float> out) {
-    matrix<float> projected = scratch_matrix(batch.rows(), c.dim);
+                   const training_batch& batch, std::span<const block_rows> rows, matrix<float>& projected,
+                   matrix_view<float> out) {
     const nn::block_activations where{a.x.view(),   a.h1.view(),    a.q.view(),  a.k.view(),    a.v.view(),
                                       a.attended.view(), a.x_mid.view(), a.h2.view(), a.gate.view(), a.up.view(),
                                       a.act.view(), projected.view(), out};
@@ -208,14 +211,24 @@ void block_forward(const E& ex, const C& c, const block_weights<Weight>& b, bloc
     });
 }
 
+// Intermediates of a block's backward, overwritten before they are read.
+struct backward_scratch {
+    matrix<float> d_act, d_gate, d_up, d_h, d_part, d_attended, dq, dk, dv;
+
+    template <model_config C>
+    backward_scratch(const C& c, std::size_t R)
+        : d_act(scratch_matrix(R, c.hidden_dim)), d_gate(scratch_matrix(R, c.hidden_dim)),
+          d_up(scratch_matrix(R, c.hidden_dim)), d_h(scratch_matrix(R, c.dim)), d_part(scratch_matrix(R, c.dim)),
+          d_attended(scratch_matrix(R, c.dim)), dq(scratch_matrix(R, c.dim)), dk(scratch_matrix(R, kv_dim(c))),
+          dv(scratch_matrix(R, kv_dim(c))) {}
+};
+
 // dx: dL/d(block output) on entry, dL/d(block input) on return.
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, const block_activations& a,
-                    const training_batch& batch, matrix_view<float> dx, block_gradients<Weight>& g) {
-    const std::size_t T = a.x.extent(0);
-    matrix<float> d_act = scratch_matrix(T, c.hidden_dim), d_gate = scratch_matrix(T, c.hidden_dim),
-                  d_up = scratch_matrix(T, c.hidden_dim);
-    matrix<float> d_h = scratch_matrix(T, c.dim), d_part = scratch_matrix(T, c.dim);
+                    const training_batch& batch, backward_scratch& s, matrix_view<float> dx,
+                    block_gradients<Weight>& g) {
+    auto& [d_act, d_gate, d_up, d_h, d_part, d_attended, dq, dk, dv] = s;
     // MLP: x_next = x_mid + w2(swiglu(w1 h2, w3 h2)), h2 = rmsnorm(x_mid).
     b.w2.backward(ex, a.act.view(), dx, d_act.view(), g.w2);
     ops::swiglu_backward(ex, a.gate.flat(), a.up.flat(), d_act.flat(), d_gate.flat(), d_up.flat());
@@ -226,8 +239,6 @@ void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, con
                           c.norm_eps);
     ops::add(ex, dx.flat(), d_part.flat(), dx.flat()); // dL/dx_mid
     // Attention: x_mid = x + wo(attention(rope(wq h1), rope(wk h1), wv h1)), h1 = rmsnorm(x).
-    matrix<float> d_attended = scratch_matrix(T, c.dim), dq = scratch_matrix(T, c.dim),
-                  dk = scratch_matrix(T, kv_dim(c)), dv = scratch_matrix(T, kv_dim(c));
     b.wo.backward(ex, a.attended.view(), dx, d_attended.view(), g.wo);
     const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
     for_each_sequence(batch, [&](std::size_t s, std::size_t r0, std::size_t r1) {
@@ -306,79 +317,135 @@ float sequence_loss(const E& ex, const llama<C, Weight>& model, std::span<const 
     return batch_loss(ex, model, training_batch(tokens), next_token_cross_entropy{mask});
 }
 
+class training_workspace;
+
 template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
     requires loss_function<Loss, E>
 float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
-                       llama_gradients<Weight>& grads, const backprop_options& options = {}) {
+                       llama_gradients<Weight>& grads, training_workspace& ws, const backprop_options& options = {});
+
+// Every buffer of forward_backward, kept between calls: a training step on a batch of the
+// shape before (the same sequence lengths, the same recompute option) reuses them, so it
+// neither allocates these buffers nor faults their pages in again — on a virtual machine
+// the page faults of a fresh step's 100 MB cost more than its arithmetic.
+class training_workspace {
+public:
+    training_workspace() = default;
+
+private:
+    template <exec::cpu_executor E, model_config C, weight_policy W, class L>
+        requires loss_function<L, E>
+    friend float forward_backward(const E&, const llama<C, W>&, const training_batch&, const L&, llama_gradients<W>&,
+                                  training_workspace&, const backprop_options&);
+
+    template <model_config C>
+    void fit(const C& c, const training_batch& batch, bool recompute) {
+        const std::size_t R = batch.rows(), L = c.n_layers;
+        const auto offsets = batch.offsets();
+        if (recompute == recompute_ && dims_ == std::array{c.dim, c.hidden_dim, kv_dim(c), c.vocab_size, L} &&
+            std::equal(offsets.begin(), offsets.end(), offsets_.begin(), offsets_.end()))
+            return;
+        *this = training_workspace(); // free first: the peak is the new size, not both
+        kept.reserve(recompute ? 1 : L);
+        for (std::size_t l = 0; l < (recompute ? 1 : L); ++l)
+            kept.emplace_back(c, batch);
+        if (recompute)
+            for (std::size_t l = 0; l < L; ++l)
+                block_inputs.push_back(detail::scratch_matrix(R, c.dim));
+        x = detail::scratch_matrix(R, c.dim);
+        projected = detail::scratch_matrix(R, c.dim);
+        normed = detail::scratch_matrix(R, c.dim);
+        d_normed = detail::scratch_matrix(R, c.dim);
+        dx = detail::scratch_matrix(R, c.dim);
+        logits = detail::scratch_matrix(R, c.vocab_size);
+        dlogits = detail::scratch_matrix(R, c.vocab_size);
+        backward.emplace(c, R);
+        rows = detail::rows_from_position_0(batch);
+        offsets_.assign(offsets.begin(), offsets.end());
+        dims_ = {c.dim, c.hidden_dim, kv_dim(c), c.vocab_size, L};
+        recompute_ = recompute;
+    }
+
+    std::vector<detail::block_activations> kept; // every block's, or one reused with recompute
+    std::vector<matrix<float>> block_inputs;     // with recompute
+    matrix<float> x, projected, normed, d_normed, dx, logits, dlogits;
+    std::optional<detail::backward_scratch> backward;
+    std::vector<block_rows> rows;
+    std::vector<std::size_t> offsets_;
+    std::array<std::size_t, 5> dims_{};
+    bool recompute_ = false;
+};
+
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
+    requires loss_function<Loss, E>
+float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
+                       llama_gradients<Weight>& grads, training_workspace& ws, const backprop_options& options) {
     const C& c = model.config();
     const llama_weights<Weight>& w = model.weights();
     detail::check_batch(c, batch);
     T2_CHECK(grads.blocks.size() == c.n_layers, "forward_backward: gradients for ", grads.blocks.size(),
              " blocks, the model has ", c.n_layers, " (use make_gradients)");
-    const std::size_t R = batch.rows(), L = c.n_layers;
-    const std::vector<block_rows> rows = detail::rows_from_position_0(batch);
+    const std::size_t L = c.n_layers;
+    ws.fit(c, batch, options.recompute);
+    auto& x = ws.x;
 
     // Forward, keeping every block's activations (or only its input).
-    std::vector<detail::block_activations> kept;
-    std::vector<matrix<float>> block_inputs;
-    kept.reserve(options.recompute ? 1 : L);
-    matrix<float> x = detail::scratch_matrix(R, c.dim);
     ops::embedding(ex, w.token_embedding, batch.inputs(), x.view());
     for (std::size_t l = 0; l < L; ++l) {
-        if (options.recompute) {
-            block_inputs.push_back(x);
-            if (kept.empty())
-                kept.emplace_back(c, batch);
-        } else {
-            kept.emplace_back(c, batch);
-        }
-        detail::block_activations& a = kept.back();
+        if (options.recompute)
+            std::copy(x.data(), x.data() + x.size(), ws.block_inputs[l].data());
+        detail::block_activations& a = ws.kept[options.recompute ? 0 : l];
         std::copy(x.data(), x.data() + x.size(), a.x.data());
-        detail::block_forward(ex, c, w.blocks[l], a, batch, rows, x.view());
+        detail::block_forward(ex, c, w.blocks[l], a, batch, ws.rows, ws.projected, x.view());
     }
-    matrix<float> normed = detail::scratch_matrix(R, c.dim), logits = detail::scratch_matrix(R, c.vocab_size);
-    ops::rmsnorm(ex, x.view(), w.final_norm, normed.view(), c.norm_eps);
-    w.classifier(ex, normed.view(), logits.view());
-    matrix<float> dlogits(R, c.vocab_size); // zeroed: losses add their gradients
-    const float value = loss(ex, batch.loss_rows_view(), logits.view(), dlogits.view());
-    logits = {};
+    ops::rmsnorm(ex, x.view(), w.final_norm, ws.normed.view(), c.norm_eps);
+    w.classifier(ex, ws.normed.view(), ws.logits.view());
+    std::fill(ws.dlogits.data(), ws.dlogits.data() + ws.dlogits.size(), 0.f); // losses add their gradients
+    const float value = loss(ex, batch.loss_rows_view(), ws.logits.view(), ws.dlogits.view());
 
     // Backward. A tied classifier's weight is the embedding: its gradient accumulates into
     // the embedding's, lent to the classifier's gradient for the call.
-    matrix<float> d_normed = detail::scratch_matrix(R, c.dim), dx = detail::scratch_matrix(R, c.dim);
+    const auto normed = ws.normed.view();
+    const auto dlogits = ws.dlogits.view();
+    const auto d_normed = ws.d_normed.view();
     if (c.shared_classifier) {
         auto tied = w.classifier.weight().make_gradient();
         if constexpr (requires { tied.weight; }) {
             std::swap(tied.weight, grads.token_embedding);
             try {
-                w.classifier.backward(ex, normed.view(), dlogits.view(), d_normed.view(), tied);
+                w.classifier.backward(ex, normed, dlogits, d_normed, tied);
             } catch (...) {
                 std::swap(tied.weight, grads.token_embedding);
                 throw;
             }
             std::swap(tied.weight, grads.token_embedding);
         } else {
-            w.classifier.backward(ex, normed.view(), dlogits.view(), d_normed.view(), tied);
+            w.classifier.backward(ex, normed, dlogits, d_normed, tied);
         }
     } else {
-        w.classifier.backward(ex, normed.view(), dlogits.view(), d_normed.view(), grads.classifier);
+        w.classifier.backward(ex, normed, dlogits, d_normed, grads.classifier);
     }
-    ops::rmsnorm_backward(ex, x.view(), w.final_norm, d_normed.view(), dx.view(), grads.final_norm.view(),
-                          c.norm_eps);
+    ops::rmsnorm_backward(ex, x.view(), w.final_norm, d_normed, ws.dx.view(), grads.final_norm.view(), c.norm_eps);
     for (std::size_t l = L; l-- > 0;) {
-        detail::block_activations* a = nullptr;
+        detail::block_activations& a = ws.kept[options.recompute ? 0 : l];
         if (options.recompute) {
-            a = &kept.front();
-            std::copy(block_inputs[l].data(), block_inputs[l].data() + block_inputs[l].size(), a->x.data());
-            detail::block_forward(ex, c, w.blocks[l], *a, batch, rows, x.view()); // x is scratch here
-        } else {
-            a = &kept[l];
+            std::copy(ws.block_inputs[l].data(), ws.block_inputs[l].data() + ws.block_inputs[l].size(), a.x.data());
+            detail::block_forward(ex, c, w.blocks[l], a, batch, ws.rows, ws.projected, x.view()); // x is scratch here
         }
-        detail::block_backward(ex, c, w.blocks[l], *a, batch, dx.view(), grads.blocks[l]);
+        detail::block_backward(ex, c, w.blocks[l], a, batch, *ws.backward, ws.dx.view(), grads.blocks[l]);
     }
     if (grads.token_embedding.size() != 0)
-        ops::embedding_backward(ex, batch.inputs(), dx.view(), grads.token_embedding.view());
+        ops::embedding_backward(ex, batch.inputs(), ws.dx.view(), grads.token_embedding.view());
     return value;
+}
+
+// The same with a workspace of its own for this call.
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
+    requires loss_function<Loss, E>
+float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
+                       llama_gradients<Weight>& grads, const backprop_options& options = {}) {
+    training_workspace ws;
+    return forward_backward(ex, model, batch, loss, grads, ws, options);
 }
 
 // One sequence with next-token cross-entropy: mask[N−1] weighs the predictions (0 leaves one
