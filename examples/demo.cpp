@@ -14,9 +14,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "t2/t2.hpp"
 
@@ -130,8 +132,9 @@ void decoder_block(const E& ex, const random_block& block, matrix<float>& x) {
                                       .attended = attended.view(), .x_mid = x.view(), .h2 = h.view(),
                                       .gate = gate.view(), .up = up.view(), .act = gate.view(),
                                       .projected = projected.view(), .out = x.view()};
-    const t2::nn::block_rows sequence{.first = 0, .count = T, .start = 0};
-    t2::nn::block_forward(ex, c, block.weights, a, std::span(&sequence, 1),
+    std::vector<std::size_t> positions(T);
+    std::iota(positions.begin(), positions.end(), std::size_t{0});
+    t2::nn::block_forward(ex, c, block.weights, a, std::span<const std::size_t>(positions),
                           [&](const auto& inner, auto qs, auto ks, auto vs, auto out) {
                               t2::ops::causal_attention(inner, qs, ks, vs, out, probs.view(), c.n_heads, c.n_kv_heads);
                           });

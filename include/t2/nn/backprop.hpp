@@ -198,12 +198,12 @@ void for_each_sequence(const training_batch& batch, F&& f) {
 // probabilities for the backward.
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_forward(const E& ex, const C& c, const block_weights<Weight>& b, block_activations& a,
-                   const training_batch& batch, std::span<const block_rows> rows, matrix<float>& projected,
+                   const training_batch& batch, std::span<const std::size_t> positions, matrix<float>& projected,
                    matrix_view<float> out) {
     const nn::block_activations where{a.x.view(),   a.h1.view(),    a.q.view(),  a.k.view(),    a.v.view(),
                                       a.attended.view(), a.x_mid.view(), a.h2.view(), a.gate.view(), a.up.view(),
                                       a.act.view(), projected.view(), out};
-    nn::block_forward(ex, c, b, where, rows, [&](const auto& inner, auto q, auto k, auto v, auto attended) {
+    nn::block_forward(ex, c, b, where, positions, [&](const auto& inner, auto q, auto k, auto v, auto attended) {
         for_each_sequence(batch, [&](std::size_t s, std::size_t r0, std::size_t r1) {
             ops::causal_attention(inner, q.rows(r0, r1), k.rows(r0, r1), v.rows(r0, r1), attended.rows(r0, r1),
                                   a.probs_of(s, c.n_heads, r1 - r0), c.n_heads, c.n_kv_heads);
@@ -268,10 +268,14 @@ void check_batch(const C& c, const training_batch& batch) {
                  token, " is outside the vocabulary of ", c.vocab_size);
 }
 
-inline std::vector<block_rows> rows_from_position_0(const training_batch& batch) {
-    std::vector<block_rows> rows;
-    for_each_sequence(batch, [&](std::size_t, std::size_t r0, std::size_t r1) { rows.push_back({r0, r1 - r0, 0}); });
-    return rows;
+// Every row's position: each sequence runs from position 0.
+inline std::vector<std::size_t> positions_from_0(const training_batch& batch) {
+    std::vector<std::size_t> positions;
+    for_each_sequence(batch, [&](std::size_t, std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r)
+            positions.push_back(r - r0);
+    });
+    return positions;
 }
 
 inline void check_mask(std::span<const std::int32_t> tokens, std::span<const float> mask) {
@@ -360,7 +364,7 @@ private:
         logits = detail::scratch_matrix(R, c.vocab_size);
         dlogits = detail::scratch_matrix(R, c.vocab_size);
         backward.emplace(c, R);
-        rows = detail::rows_from_position_0(batch);
+        positions = detail::positions_from_0(batch);
         offsets_.assign(offsets.begin(), offsets.end());
         dims_ = {c.dim, c.hidden_dim, kv_dim(c), c.vocab_size, L};
         recompute_ = recompute;
@@ -370,7 +374,7 @@ private:
     std::vector<matrix<float>> block_inputs;     // with recompute
     matrix<float> x, projected, normed, d_normed, dx, logits, dlogits;
     std::optional<detail::backward_scratch> backward;
-    std::vector<block_rows> rows;
+    std::vector<std::size_t> positions;
     std::vector<std::size_t> offsets_;
     std::array<std::size_t, 5> dims_{};
     bool recompute_ = false;
@@ -396,7 +400,7 @@ float forward_backward(const E& ex, const llama<C, Weight>& model, const trainin
             std::copy(x.data(), x.data() + x.size(), ws.block_inputs[l].data());
         detail::block_activations& a = ws.kept[options.recompute ? 0 : l];
         std::copy(x.data(), x.data() + x.size(), a.x.data());
-        detail::block_forward(ex, c, w.blocks[l], a, batch, ws.rows, ws.projected, x.view());
+        detail::block_forward(ex, c, w.blocks[l], a, batch, ws.positions, ws.projected, x.view());
     }
     ops::rmsnorm(ex, x.view(), w.final_norm, ws.normed.view(), c.norm_eps);
     w.classifier(ex, ws.normed.view(), ws.logits.view());
@@ -430,7 +434,7 @@ float forward_backward(const E& ex, const llama<C, Weight>& model, const trainin
         detail::block_activations& a = ws.kept[options.recompute ? 0 : l];
         if (options.recompute) {
             std::copy(ws.block_inputs[l].data(), ws.block_inputs[l].data() + ws.block_inputs[l].size(), a.x.data());
-            detail::block_forward(ex, c, w.blocks[l], a, batch, ws.rows, ws.projected, x.view()); // x is scratch here
+            detail::block_forward(ex, c, w.blocks[l], a, batch, ws.positions, ws.projected, x.view()); // x is scratch here
         }
         detail::block_backward(ex, c, w.blocks[l], a, batch, *ws.backward, ws.dx.view(), grads.blocks[l]);
     }

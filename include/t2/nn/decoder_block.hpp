@@ -4,8 +4,8 @@
 //   x_mid = x + wo(attention(rope(wq·h1), rope(wk·h1), wv·h1)),   h1 = rmsnorm(x)
 //   out   = x_mid + w2(swiglu(w1·h2, w3·h2)),                     h2 = rmsnorm(x_mid)
 //
-// over R rows packed from one or more sequences (block_rows says which rows belong to which
-// sequence and at which position each starts, for the rotary embedding).
+// over R rows packed from one or more sequences; positions[r] is row r's position in its
+// sequence, for the rotary embedding.
 //
 // Where the activations go decides the mode. Inference (nn/llama.hpp) points x, x_mid and
 // out at one buffer, h1 at h2 and act at gate, and reuses them for every layer; training
@@ -35,11 +35,6 @@ struct block_weights {
     linear<Weight> w1, w2, w3;               // [hidden×dim], [dim×hidden], [hidden×dim]
 };
 
-// Rows first … first + count − 1 of a packed batch are one sequence's positions start, ….
-struct block_rows {
-    std::size_t first = 0, count = 0, start = 0;
-};
-
 // Where block_forward reads its input and writes every intermediate: [R × dim] (x, h1,
 // attended, x_mid, h2, projected, out), [R × kv_dim] (k, v), [R × hidden] (gate, up, act).
 struct block_activations {
@@ -48,16 +43,14 @@ struct block_activations {
 
 template <exec::cpu_executor E, model_config C, weight_policy Weight, class Attention>
 void block_forward(const E& ex, const C& c, const block_weights<Weight>& w, const block_activations& a,
-                   std::span<const block_rows> sequences, Attention&& attention) {
+                   std::span<const std::size_t> positions, Attention&& attention) {
     ops::rmsnorm(ex, a.x, w.attention_norm, a.h1, c.norm_eps);
     w.wq(ex, a.h1, a.q);
     w.wk(ex, a.h1, a.k);
     w.wv(ex, a.h1, a.v);
     const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
-    for (const block_rows& s : sequences) {
-        ops::rope(ex, a.q.rows(s.first, s.first + s.count), s.start, rope);
-        ops::rope(ex, a.k.rows(s.first, s.first + s.count), s.start, rope);
-    }
+    ops::rope(ex, a.q, positions, rope);
+    ops::rope(ex, a.k, positions, rope);
     attention(ex, matrix_view<const float>(a.q), matrix_view<const float>(a.k), matrix_view<const float>(a.v),
               a.attended);
     w.wo(ex, a.attended, a.projected);

@@ -50,8 +50,8 @@ struct llama_weights {
 // bookkeeping of a batch, kept between calls (see the top of this file).
 struct decoder_workspace {
     workspace floats;
-    std::vector<block_rows> rows;
-    std::vector<ops::attention_sequence> attention;
+    std::vector<std::size_t> positions;             // of every row
+    std::vector<ops::attention_sequence> attention; // every sequence's rows and cache
 };
 
 // Mutable per-sequence state.
@@ -125,13 +125,13 @@ private:
                                  output what) const {
         const std::size_t D = config_.dim, B = batch.size();
         const std::size_t R = check_batch(batch);
-        ws.rows.clear();
+        ws.positions.clear();
         ws.attention.clear();
         for (const sequence_step& s : batch) {
-            const std::size_t first = ws.rows.empty() ? 0 : ws.rows.back().first + ws.rows.back().count;
-            ws.rows.push_back({first, s.tokens.size(), s.state->position});
-            ws.attention.push_back({first, s.tokens.size(), s.state->position, s.state->cache.layer_keys(0),
-                                    s.state->cache.layer_values(0)});
+            ws.attention.push_back({ws.positions.size(), s.tokens.size(), s.state->position,
+                                    s.state->cache.layer_keys(0), s.state->cache.layer_values(0)});
+            for (std::size_t t = 0; t < s.tokens.size(); ++t)
+                ws.positions.push_back(s.state->position + t);
         }
         const std::size_t heads = config_.n_heads, kv_heads = config_.n_kv_heads;
         const std::size_t attention_floats =
@@ -160,16 +160,16 @@ private:
         });
 
         for (std::size_t b = 0; b < B; ++b)
-            for (std::size_t t = 0; t < ws.rows[b].count; ++t) {
+            for (std::size_t t = 0; t < ws.attention[b].rows; ++t) {
                 const auto row = weights_.token_embedding.row(static_cast<std::size_t>(batch[b].tokens[t]));
-                std::copy(row.data(), row.data() + D, a.x.row(ws.rows[b].first + t).data());
+                std::copy(row.data(), row.data() + D, a.x.row(ws.attention[b].first_row + t).data());
             }
         for (std::size_t l = 0; l < config_.n_layers; ++l) {
             for (std::size_t b = 0; b < B; ++b) {
                 ws.attention[b].keys = batch[b].state->cache.layer_keys(l);
                 ws.attention[b].values = batch[b].state->cache.layer_values(l);
             }
-            block_forward(ex, config_, weights_.blocks[l], a, std::span<const block_rows>(ws.rows),
+            block_forward(ex, config_, weights_.blocks[l], a, std::span<const std::size_t>(ws.positions),
                           [&](const auto& inner, auto q, auto k, auto v, auto attended) {
                               ops::cached_attention(inner, q, k, v, std::span<const ops::attention_sequence>(ws.attention),
                                                     attended, heads, kv_heads, attention_scratch);
@@ -180,7 +180,7 @@ private:
 
         if (what == output::last_logits)
             for (std::size_t b = 0; b < B; ++b) {
-                const auto last = a.x.row(ws.rows[b].first + ws.rows[b].count - 1);
+                const auto last = a.x.row(ws.attention[b].first_row + ws.attention[b].rows - 1);
                 std::copy(last.data(), last.data() + D, selected.row(b).data());
             }
         ops::rmsnorm(ex, selected, weights_.final_norm, normed, config_.norm_eps);
