@@ -1,7 +1,8 @@
 // Batches of sequences on the real stories260K model: a packed forward over sequences of
 // different lengths and positions gives each sequence's logits as separate calls would,
 // lockstep decoding equals one-at-a-time decoding, batched greedy generation reproduces
-// llama2.c run.c, and a bad batch is refused before any cache changes.
+// llama2.c run.c, stop strings end sequences, and a bad batch is refused before any cache
+// changes.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include "support/check.hpp"
 #include "support/tolerance.hpp"
 #include "t2/io/llama2c.hpp"
+#include "t2/io/stop_strings.hpp"
 #include "t2/io/tokenizer.hpp"
 #include "t2/nn/generate.hpp"
 
@@ -234,4 +236,36 @@ TEST_CASE("batch: a bad batch is refused before any cache changes") {
                          t2::error);
     CHECK(s0.position == 2); // the first sequence fitted, but nothing ran
     CHECK(s1.position == 3);
+}
+
+TEST_CASE("batch: stop strings end each sequence at its first match") {
+    const model_type model = load_model();
+    const auto tok = t2::io::read_llama2c_tokenizer(models + "/tok512.bin", 512);
+    const tokens_t a = tok.encode("Once upon a time", true), b = tok.encode("Lily saw a big dog", true);
+    const std::span<const std::int32_t> prompts[] = {a, b};
+    t2::ops::sampler greedy({.temperature = 0.f});
+    // ", " spans a token boundary in the story ("," then " she"...), "." usually is one token.
+    for (const std::string stop_at : {".", ", "}) {
+        CAPTURE(stop_at);
+        t2::io::stop_strings stop(tok, {stop_at, "never appears"}, prompts);
+        const auto out = t2::nn::generate(t2::exec::scalar{}, model,
+                                          std::span<const std::span<const std::int32_t>>(prompts), greedy,
+                                          {.max_new_tokens = 200}, stop);
+        for (std::size_t s = 0; s < 2; ++s) {
+            CAPTURE(s);
+            REQUIRE(out[s].reason == t2::nn::stop_reason::stop_condition);
+            const std::string& text = stop.text(s);
+            const std::size_t at = text.find(stop_at);
+            REQUIRE(at != std::string::npos);
+            // The match is in the last token's piece: one token fewer holds no match.
+            std::string shorter;
+            const std::span<const std::int32_t> prompt = prompts[s];
+            for (std::size_t t = 0; t + 1 < out[s].tokens.size(); ++t)
+                shorter += tok.decode(t ? out[s].tokens[t - 1] : prompt.back(), out[s].tokens[t]);
+            CHECK(shorter.find(stop_at) == std::string::npos);
+            CHECK(text.rfind(shorter, 0) == 0);
+        }
+    }
+    CHECK_THROWS_WITH_AS(t2::io::stop_strings(tok, {""}, prompts),
+                         "stop_strings: an empty stop string would stop every sequence at once", t2::error);
 }

@@ -38,6 +38,7 @@
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/load.hpp"
 #include "t2/io/npy.hpp"
+#include "t2/io/stop_strings.hpp"
 #include "t2/io/tokenizer.hpp"
 
 #include "t2/adapt/decomposition.hpp"

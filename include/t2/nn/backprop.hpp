@@ -228,7 +228,9 @@ template <exec::cpu_executor E, model_config C, weight_policy Weight>
 void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, const block_activations& a,
                     const training_batch& batch, backward_scratch& s, matrix_view<float> dx,
                     block_gradients<Weight>& g) {
-    auto& [d_act, d_gate, d_up, d_h, d_part, d_attended, dq, dk, dv] = s;
+    // Named references, not a structured binding: Clang 14 cannot capture one in a lambda.
+    matrix<float> &d_act = s.d_act, &d_gate = s.d_gate, &d_up = s.d_up, &d_h = s.d_h, &d_part = s.d_part;
+    matrix<float> &d_attended = s.d_attended, &dq = s.dq, &dk = s.dk, &dv = s.dv;
     // MLP: x_next = x_mid + w2(swiglu(w1 h2, w3 h2)), h2 = rmsnorm(x_mid).
     b.w2.backward(ex, a.act.view(), dx, d_act.view(), g.w2);
     ops::swiglu_backward(ex, a.gate.flat(), a.up.flat(), d_act.flat(), d_gate.flat(), d_up.flat());
