@@ -9,6 +9,8 @@
 //   t2::nn::training_batch batch(sequences);              // B token sequences, packed
 //   float loss = t2::nn::forward_backward(ex, model, batch, t2::nn::reinforce{rewards, mask}, grads);
 //   float ce = t2::nn::forward_backward(ex, model, tokens, mask, grads);   // one sequence, CE
+//   t2::nn::training_workspace ws;   // a training loop passes one: its buffers are reused
+//   t2::nn::forward_backward(ex, model, batch, loss, grads, ws);
 //
 // A sequence of N tokens gives N−1 rows: row t reads tokens[t] and predicts tokens[t+1]. The
 // rows of the B sequences are stacked in batch order (training_batch: offsets and targets),

@@ -130,10 +130,12 @@ std::vector<generation> generate(const E& ex, const Model& model,
                  " tokens, the model's context is ", c.seq_len);
         states.emplace_back(c, std::min(c.seq_len, prompts[b].size() + options.max_new_tokens));
     }
+    // Room for every token a sequence can generate (its context bounds it), so that the
+    // token each step feeds back stays where it is.
     std::vector<generation> out(B);
     for (generation& g : out) {
-        g.tokens.reserve(options.max_new_tokens);
-        g.logprobs.reserve(options.max_new_tokens);
+        g.tokens.reserve(std::min(options.max_new_tokens, c.seq_len));
+        g.logprobs.reserve(std::min(options.max_new_tokens, c.seq_len));
     }
     std::vector<std::vector<float>> kept_logits(options.keep_logits ? B : 0); // grown as tokens come
 
