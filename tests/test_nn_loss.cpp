@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "support/check.hpp"
+#include "support/finite_differences.hpp"
 #include "support/executors.hpp"
 #include "support/python_reference.hpp"
 #include "support/tolerance.hpp"
@@ -55,7 +56,6 @@ using dvec = std::vector<double>;
 
 const t2::exec::scalar reference;
 constexpr double u = t2_test::unit_roundoff;
-constexpr double fd_step = 1e-6;
 constexpr double fd_tolerance = 1e-3;
 
 template <class F>
@@ -247,22 +247,6 @@ std::pair<double, double> check_expected(const std::string& what, double got_val
     return {value.worst_ratio, grad.worst_ratio};
 }
 
-// dL/dx by central differences; loss() reads x, which this perturbs one element at a time.
-template <class Loss>
-dvec numeric_gradient(dvec& x, Loss&& loss) {
-    dvec grad(x.size());
-    for (std::size_t i = 0; i < x.size(); ++i) {
-        const double xi = x[i];
-        x[i] = xi + fd_step;
-        const double up = loss();
-        x[i] = xi - fd_step;
-        const double down = loss();
-        x[i] = xi;
-        grad[i] = (up - down) / (2 * fd_step);
-    }
-    return grad;
-}
-
 // ‖got − want‖ / ‖want‖ (‖got‖ when want is zero), for a gradient accumulated from zero
 // (accumulating onto values of order 1 would round a small gradient to their precision).
 double fd_error(std::span<const float> got, const dvec& want) {
@@ -441,7 +425,7 @@ TEST_CASE("signed_cross_entropy: value and accumulated gradient against double p
                 add_cross_entropy(e, logits.d, R, V, targets, weights, divisor);
                 dvec fd;
                 if (R * V <= fd_max_elements)
-                    fd = numeric_gradient(logits.d, [&] {
+                    fd = t2_test::numeric_gradient(logits.d, [&] {
                         expected scratch(dlogits0.span());
                         return add_cross_entropy(scratch, logits.d, R, V, targets, weights, divisor);
                     });
@@ -489,7 +473,7 @@ TEST_CASE("kl_divergence: both directions against double precision, every execut
                     add_kl(e, base.d, logits.d, R, V, weights, direction, divisor);
                     dvec fd;
                     if (R * V <= fd_max_elements)
-                        fd = numeric_gradient(logits.d, [&] {
+                        fd = t2_test::numeric_gradient(logits.d, [&] {
                             expected scratch(dlogits0.span());
                             return add_kl(scratch, base.d, logits.d, R, V, weights, direction, divisor);
                         });
@@ -699,7 +683,7 @@ TEST_CASE("loss objects on packed batches against double precision and finite di
             dvec fd;
             if (pb.R() * V <= fd_max_elements) {
                 dvec x = pb.logits.d;
-                fd = numeric_gradient(x, [&] {
+                fd = t2_test::numeric_gradient(x, [&] {
                     expected scratch(dlogits0.span());
                     add_named_loss(scratch, pb, loss, x, coefficient);
                     return scratch.value;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "support/check.hpp"
+#include "support/finite_differences.hpp"
 #include "support/executors.hpp"
 #include "support/tolerance.hpp"
 #include "t2/nn/random_init.hpp"
@@ -30,7 +31,6 @@ using t2::vector;
 using dvec = std::vector<double>;
 const t2::exec::scalar reference;
 
-constexpr double fd_step = 1e-6;
 constexpr double gradient_tolerance = 1e-3;
 constexpr double forward_tolerance = 1e-5;
 
@@ -55,22 +55,6 @@ double dot(const dvec& a, const dvec& b) {
     for (std::size_t i = 0; i < a.size(); ++i)
         s += a[i] * b[i];
     return s;
-}
-
-// dL/dx by central differences; L reads x (which this perturbs one element at a time).
-template <class Loss>
-dvec numeric_gradient(dvec& x, Loss&& loss) {
-    dvec grad(x.size());
-    for (std::size_t i = 0; i < x.size(); ++i) {
-        const double xi = x[i];
-        x[i] = xi + fd_step;
-        const double up = loss();
-        x[i] = xi - fd_step;
-        const double down = loss();
-        x[i] = xi;
-        grad[i] = (up - down) / (2 * fd_step);
-    }
-    return grad;
 }
 
 // ‖got − want‖ / ‖want‖ (‖got‖ when want is zero).
@@ -274,8 +258,8 @@ TEST_CASE("rmsnorm_backward matches finite differences; dweight accumulates") {
             CAPTURE(shape_name({T, d}));
             input x(T, d, seed++, -2.f, 2.f), w(1, d, seed++), g(T, d, seed++), dw0(1, d, seed++);
             const auto loss = [&] { return dot(g.d, rmsnorm_ref(x.d, w.d, T, d, eps)); };
-            const dvec want_dx = numeric_gradient(x.d, loss);
-            const dvec want_dw = numeric_gradient(w.d, loss);
+            const dvec want_dx = t2_test::numeric_gradient(x.d, loss);
+            const dvec want_dw = t2_test::numeric_gradient(w.d, loss);
             const auto wv = w.f.row(0);
             for_every_executor([&](const auto& ex, const std::string& name) {
                 INFO(name);
@@ -313,7 +297,7 @@ TEST_CASE("rope_backward is the transpose of rope (finite differences), both lay
                         listed[t] = (t * 37 + 11) % 50;
                     }
                     for (const auto* positions : {&from_start, &listed}) {
-                        const dvec want = numeric_gradient(
+                        const dvec want = t2_test::numeric_gradient(
                             x.d, [&] { return dot(g.d, rope_ref(x.d, T, cols, *positions, cfg)); });
                         for_every_executor([&](const auto& ex, const std::string& name) {
                             INFO(name);
@@ -341,8 +325,8 @@ TEST_CASE("swiglu_backward matches finite differences") {
         CAPTURE(n);
         input gate(1, n, seed++, -6.f, 6.f), up(1, n, seed++, -2.f, 2.f), g(1, n, seed++);
         const auto loss = [&] { return dot(g.d, swiglu_ref(gate.d, up.d)); };
-        const dvec want_gate = numeric_gradient(gate.d, loss);
-        const dvec want_up = numeric_gradient(up.d, loss);
+        const dvec want_gate = t2_test::numeric_gradient(gate.d, loss);
+        const dvec want_up = t2_test::numeric_gradient(up.d, loss);
         for_every_executor([&](const auto& ex, const std::string& name) {
             INFO(name);
             vector<float> dgate(n), dup(n);
@@ -367,7 +351,7 @@ TEST_CASE("softmax_backward matches finite differences") {
             CAPTURE(shape_name({rows, cols}));
             input x(rows, cols, seed++, -3.f, 3.f), g(rows, cols, seed++);
             const dvec want =
-                numeric_gradient(x.d, [&] { return dot(g.d, softmax_ref(x.d, rows, cols)); });
+                t2_test::numeric_gradient(x.d, [&] { return dot(g.d, softmax_ref(x.d, rows, cols)); });
             matrix<float> y(rows, cols);
             const dvec yd = softmax_ref(x.d, rows, cols);
             std::copy(yd.begin(), yd.end(), y.data());
@@ -409,7 +393,7 @@ TEST_CASE("cross_entropy: loss and gradient against double precision, masks and 
                     if (weights[t] == 0.f)
                         targets[t] = -100; // padding: not read when the weight is 0
                 const double want_loss = cross_entropy_ref(logits.d, T, V, targets, weights);
-                const dvec want = numeric_gradient(
+                const dvec want = t2_test::numeric_gradient(
                     logits.d, [&] { return cross_entropy_ref(logits.d, T, V, targets, weights); });
                 for_every_executor([&](const auto& ex, const std::string& name) {
                     INFO(name);
@@ -502,9 +486,9 @@ TEST_CASE("causal_attention and its backward against double precision and finite
         dvec want_probs;
         const dvec want_out = attention_ref(q.d, k.d, v.d, c, &want_probs);
         const auto loss = [&] { return dot(g.d, attention_ref(q.d, k.d, v.d, c)); };
-        const dvec want_dq = numeric_gradient(q.d, loss);
-        const dvec want_dk = numeric_gradient(k.d, loss);
-        const dvec want_dv = numeric_gradient(v.d, loss);
+        const dvec want_dq = t2_test::numeric_gradient(q.d, loss);
+        const dvec want_dk = t2_test::numeric_gradient(k.d, loss);
+        const dvec want_dv = t2_test::numeric_gradient(v.d, loss);
         for_every_executor([&](const auto& ex, const std::string& name) {
             INFO(name);
             matrix<float> out(T, qc), dq(T, qc), dk(T, kc), dv(T, kc);
@@ -609,7 +593,7 @@ TEST_CASE("embedding and embedding_backward: gather, accumulating scatter, token
                 for (std::size_t t = 0; t < T; ++t)
                     tokens[t] = static_cast<std::int32_t>((t * 3) % V); // repeats when T > V/3
                 const dvec want_y = embedding_ref(table.d, d, tokens);
-                const dvec want = numeric_gradient(
+                const dvec want = t2_test::numeric_gradient(
                     table.d, [&] { return dot(g.d, embedding_ref(table.d, d, tokens)); });
                 for_every_executor([&](const auto& ex, const std::string& name) {
                     INFO(name);
@@ -647,8 +631,8 @@ TEST_CASE("linear_backward matches finite differences; dw accumulates; empty out
                 CAPTURE(shape_name({T, in, out}));
                 input x(T, in, seed++), w(out, in, seed++), g(T, out, seed++), dw0(out, in, seed++);
                 const auto loss = [&] { return dot(g.d, linear_ref(x.d, w.d, T, in, out)); };
-                const dvec want_dx = numeric_gradient(x.d, loss);
-                const dvec want_dw = numeric_gradient(w.d, loss);
+                const dvec want_dx = t2_test::numeric_gradient(x.d, loss);
+                const dvec want_dw = t2_test::numeric_gradient(w.d, loss);
                 for_every_executor([&](const auto& ex, const std::string& name) {
                     INFO(name);
                     matrix<float> dx(T, in), dw = dw0.f;

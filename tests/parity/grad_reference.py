@@ -65,18 +65,7 @@ def T(a):
     return torch.from_numpy(np.array(a, dtype=np.float64))
 
 
-def read_spec(directory):
-    spec = {}
-    with open(os.path.join(directory, "case.txt")) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line or line.startswith("#"):
-                continue
-            key, sep, value = line.partition("\t")
-            if not sep:
-                raise SystemExit("%s/case.txt: malformed line %r" % (directory, line))
-            spec[key] = value
-    return spec
+from case_spec import read_spec  # noqa: E402  (the script's directory is on sys.path)
 
 
 def read_safetensors(path):

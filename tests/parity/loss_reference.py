@@ -40,18 +40,7 @@ torch.set_num_threads(1)
 f64 = torch.float64
 
 
-def read_spec(directory):
-    spec = {}
-    with open(os.path.join(directory, "case.txt")) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line or line.startswith("#"):
-                continue
-            key, sep, value = line.partition("\t")
-            if not sep:
-                raise SystemExit("%s/case.txt: malformed line %r" % (directory, line))
-            spec[key] = value
-    return spec
+from case_spec import read_spec  # noqa: E402  (the script's directory is on sys.path)
 
 
 def numbers(text, kind=float):
