@@ -42,19 +42,18 @@ std::size_t parse_size(const std::string& flag, const std::string& text) {
 }
 
 // Median tokens/s of forward_backward steps, on one reused training workspace (as a training
-// loop runs them).
-template <class Model>
-double measure(const Model& model, const std::vector<std::int32_t>& tokens, const std::vector<float>& mask,
-               std::size_t threads, std::size_t repeat, const t2::nn::backprop_options& options) {
+// loop runs them); `step(ex, batch, loss, ws)` runs one.
+template <class Step>
+double measure(const std::vector<std::int32_t>& tokens, const std::vector<float>& mask, std::size_t threads,
+               std::size_t repeat, Step&& step) {
     t2::exec::thread_pool pool(threads);
     const t2::exec::threads<t2::exec::simd<>> ex(pool);
-    auto grads = t2::nn::make_gradients(model, options);
     const t2::nn::training_batch batch{std::span<const std::int32_t>(tokens)};
     t2::nn::training_workspace ws;
     std::vector<double> rates;
     for (std::size_t r = 0; r <= repeat; ++r) {
         const auto start = std::chrono::steady_clock::now();
-        t2::nn::forward_backward(ex, model, batch, t2::nn::next_token_cross_entropy{mask}, grads, ws, options);
+        step(ex, batch, t2::nn::next_token_cross_entropy{mask}, ws);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         if (r > 0) // the first step sizes the workspace and warms the caches
             rates.push_back(double(tokens.size() - 1) / seconds);
@@ -133,6 +132,9 @@ int main(int argc, char** argv) try {
         t2::adapt::decompose(t2::exec::threads<t2::exec::simd<>>(pool), config, weights, chosen);
     const t2::nn::llama<t2::nn::llama_config> dense(config, weights);
     const auto svf = t2::adapt::make_svf_model(config, weights, decomposition);
+    auto adapter = t2::adapt::make_svf_adapter(svf);
+    const t2::nn::backprop_options full_weights{.dense_weights = true};
+    auto grads = t2::nn::make_gradients(dense, full_weights);
 
     std::vector<std::int32_t> tokens(tokens_per_step + 1);
     for (std::size_t i = 0; i < tokens.size(); ++i)
@@ -144,8 +146,14 @@ int main(int argc, char** argv) try {
     for (const std::size_t n : threads)
         for (const std::string& mode : modes) {
             const bool full = mode == "full";
-            const double ours = full ? measure(dense, tokens, mask, n, repeat, {.dense_weights = true})
-                                     : measure(svf, tokens, mask, n, repeat, {});
+            const double ours =
+                full ? measure(tokens, mask, n, repeat,
+                               [&](const auto& ex, const auto& batch, const auto& loss, auto& ws) {
+                                   t2::nn::forward_backward(ex, dense, batch, loss, grads, ws, full_weights);
+                               })
+                     : measure(tokens, mask, n, repeat, [&](const auto& ex, const auto& batch, const auto& loss, auto& ws) {
+                           t2::nn::forward_backward(ex, svf, adapter, batch, loss, ws);
+                       });
             const double theirs = python == "none" ? -1
                                                    : measure_torch(python, script, model_name, mode.c_str(), n,
                                                                    tokens_per_step, repeat, matrices);

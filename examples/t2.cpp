@@ -188,9 +188,11 @@ void with_model(const arguments& args, t2::io::checkpoint ck, std::size_t tokens
             throw usage_error("an expert runs with f32 weights; drop --dtype " + dtype);
         const auto decomposition = t2::io::read_decomposition(args.required("--decomposition"));
         const auto expert = t2::io::read_expert(*expert_path);
-        auto model = t2::adapt::make_svf_model(ck.config, ck.weights, decomposition, {.rescale = expert.rescale});
-        t2::adapt::apply_expert(t2::exec::simd<>{}, model, decomposition, expert, tokens);
-        body(model);
+        const auto model = t2::adapt::make_svf_model(ck.config, ck.weights, decomposition);
+        auto adapter = t2::adapt::make_svf_adapter(model, {.rescale = expert.rescale});
+        t2::adapt::apply_expert(adapter, decomposition, expert);
+        t2::adapt::prepare(t2::exec::simd<>{}, model, adapter, tokens);
+        body(t2::nn::with_adapter(model, adapter));
         return;
     }
     if (dtype == "bf16") {

@@ -5,8 +5,9 @@
 //   ./fuzz_adapter_files -max_total_time=60 fuzz/corpus/adapter_files
 //
 // Every input either reads or throws t2::error. A decomposition that reads drives an SVF
-// matrix (set_z, forward, backward); an expert that reads is written back and read again,
-// which must give the same expert.
+// matrix with an adapter state (prepare, forward, backward); an expert that reads is written
+// back and read again, which must give the same expert.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "t2/adapt/svf.hpp"
 #include "t2/exec/scalar.hpp"
 #include "t2/io/adapter_files.hpp"
 
@@ -29,13 +31,18 @@ void exercise(const t2::adapt::decomposition& d) {
     for (const auto& m : d.matrices) {
         if (m.factors.u.extent(0) * m.factors.v.extent(0) > (1u << 16))
             continue; // the readers are what is fuzzed, not large products
-        t2::adapt::svf w(m.factors);
-        const std::vector<float> z(w.rank(), 0.5f);
-        w.set_z(ex, z, 1);
+        const t2::adapt::svf w(m.factors);
+        // One matrix's adapter state, z = 0.5, viewing these vectors.
+        std::vector<float> z(w.rank(), 0.5f), gradient(w.rank(), 0.f);
+        t2::adapt::svf_state s;
+        s.parameters = z;
+        s.gradient = gradient;
+        w.prepare(ex, s, 1); // composes W' where that is cheaper for one token
         t2::matrix<float> x(2, w.in_features()), y(2, w.out_features()), dx(2, w.in_features());
-        w.forward(ex, x.view(), y.view());
-        auto g = w.make_gradient();
-        w.backward(ex, x.view(), y.view(), dx.view(), g);
+        std::vector<float> scratch(std::max(w.scratch_floats(2), w.backward_scratch_floats(2)));
+        const t2::nn::adapter_rows<t2::adapt::svf_state> rows{0, 2, &s};
+        w.forward(ex, x.view(), y.view(), std::span(&rows, 1), scratch);
+        w.backward(ex, x.view(), y.view(), dx.view(), &s, scratch);
     }
 }
 

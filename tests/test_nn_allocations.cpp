@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "support/check.hpp"
+#include "t2/adapt/model.hpp"
 #include "t2/io/llama2c.hpp"
+#include "t2/nn/backprop.hpp"
 #include "t2/nn/generate.hpp"
 #include "t2/nn/random_init.hpp"
 
@@ -71,20 +73,23 @@ std::size_t allocations_of(F&& f) {
     return allocations;
 }
 
-// Decodes `tokens` steps of B sequences in lockstep and returns the allocations of steps
-// 3 … tokens (the first two size the workspace and the packing buffers).
-template <class E>
-std::size_t lockstep_decode_allocations(const E& ex, const model_type& model, std::size_t B, std::size_t tokens) {
+// Decodes `tokens` steps of B sequences in lockstep, sequence b with adapters[b % size]
+// (none if empty), and returns the allocations of steps 3 … tokens (the first two size the
+// workspace and the packing buffers).
+template <class E, class Model>
+std::size_t lockstep_decode_allocations(const E& ex, const Model& model, std::size_t B, std::size_t tokens,
+                                        std::span<const typename Model::adapter_type* const> adapters = {}) {
     std::vector<t2::nn::llama_state> states;
     for (std::size_t b = 0; b < B; ++b)
         states.push_back(model.make_state(tokens + 1));
     std::vector<std::int32_t> next(B, 1);
-    std::vector<t2::nn::sequence_step> steps(B);
+    std::vector<typename Model::step> steps(B);
     t2::nn::decoder_workspace ws;
     const auto step = [&] {
         for (std::size_t b = 0; b < B; ++b)
-            steps[b] = {&states[b], std::span<const std::int32_t>(&next[b], 1)};
-        const auto logits = model.forward(ex, std::span<const t2::nn::sequence_step>(steps), ws);
+            steps[b] = {&states[b], std::span<const std::int32_t>(&next[b], 1),
+                        adapters.empty() ? nullptr : adapters[b % adapters.size()]};
+        const auto logits = model.forward(ex, std::span<const typename Model::step>(steps), ws);
         for (std::size_t b = 0; b < B; ++b)
             next[b] = t2::ops::argmax(std::span<const float>(logits.row(b).data(), logits.extent(1)));
     };
@@ -113,6 +118,47 @@ TEST_CASE("decoding allocates nothing per token, one sequence or a lockstep batc
     // Threads: which worker packs what varies from call to call, so only one row (no packing).
     t2::exec::thread_pool pool(2);
     CHECK(lockstep_decode_allocations(t2::exec::threads<t2::exec::simd<>>(pool), model, 1, 24) == 0);
+#endif
+}
+
+TEST_CASE("decoding with adapters allocates nothing per token; nor does a second training step") {
+    auto ck = t2::io::read_llama2c(models + "/stories260K.bin");
+    const t2::exec::scalar ex;
+    const auto d = t2::adapt::decompose(ex, ck.config, ck.weights, t2::adapt::selection::all());
+    const auto svf = t2::adapt::make_svf_model(ck.config, ck.weights, d);
+    auto composed = t2::adapt::make_svf_adapter(svf), factored = t2::adapt::make_svf_adapter(svf);
+    t2_test::fill_uniform(composed.parameters(), 1, 0.5f, 1.5f);
+    t2_test::fill_uniform(factored.parameters(), 2, 0.5f, 1.5f);
+    t2::adapt::prepare(ex, svf, composed, 1, t2::adapt::svf_mode::composed);
+    const t2::adapt::svf_adapter* one[] = {&factored};
+    const t2::adapt::svf_adapter* mixed[] = {&composed, nullptr, &factored};
+    CHECK(lockstep_decode_allocations(ex, svf, 1, 24, std::span(one)) == 0);
+    CHECK(lockstep_decode_allocations(ex, svf, 6, 24, std::span(mixed)) == 0);
+    const auto lora = t2::adapt::make_lora_model(ck.config, ck.weights);
+    const auto lora_adapter = t2::adapt::make_lora_adapter(lora, t2::adapt::selection::all(), {.rank = 4});
+    const t2::adapt::lora_adapter* lora_one[] = {&lora_adapter};
+    CHECK(lockstep_decode_allocations(ex, lora, 3, 24, std::span(lora_one)) == 0);
+#if T2_ENABLE_SIMD
+    CHECK(lockstep_decode_allocations(t2::exec::simd<>{}, svf, 6, 24, std::span(mixed)) == 0);
+#endif
+
+    // Training: the second step on the same batch shape reuses the training workspace.
+    const std::vector<std::int32_t> a{1, 403, 407, 261, 378, 432}, b{1, 376, 17};
+    const std::span<const std::int32_t> sequences[] = {a, b};
+    const t2::nn::training_batch batch{std::span<const std::span<const std::int32_t>>(sequences)};
+    t2::nn::training_workspace ws;
+    const auto base_logits = t2::nn::batch_logits(ex, svf, batch);
+    const std::vector<float> rewards{1.f, -1.f};
+    const auto loss = t2::nn::losses(t2::nn::reinforce{rewards},
+                                     t2::nn::kl_to_base{.base_logits = base_logits.view(), .coefficient = 0.1f});
+    t2::nn::forward_backward(ex, svf, factored, batch, loss, ws);
+    CHECK(allocations_of([&] { t2::nn::forward_backward(ex, svf, factored, batch, loss, ws); }) == 0);
+#if T2_ENABLE_SIMD
+    // (Not with threads: which worker packs which gemm varies from step to step, and a
+    // worker grows its packing buffer the first time it packs a larger one.)
+    const t2::exec::simd<> simd;
+    t2::nn::forward_backward(simd, svf, factored, batch, loss, ws);
+    CHECK(allocations_of([&] { t2::nn::forward_backward(simd, svf, factored, batch, loss, ws); }) == 0);
 #endif
 }
 

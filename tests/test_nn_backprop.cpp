@@ -5,6 +5,7 @@
 // test_ops_backward.cpp and test_adapt_policies.cpp.)
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -113,54 +114,47 @@ TEST_CASE("backprop: dense weight gradients match directional finite differences
     }
 }
 
-TEST_CASE("backprop: SVF z, mixture α and LoRA gradients match directional finite differences") {
+// The adapter's flat gradient against (L(p + h·u) − L(p − h·u)) / 2h along a random
+// direction u of its flat parameters.
+template <class Adapter, class Loss>
+void check_adapter_gradient(Adapter& adapter, Loss&& loss, std::uint64_t seed) {
+    std::vector<float> u(adapter.parameters().size());
+    t2_test::fill_uniform(u, seed);
+    double analytic = 0;
+    for (std::size_t i = 0; i < u.size(); ++i)
+        analytic += double(adapter.gradient()[i]) * u[i];
+    const double fd = directional_fd(loss,
+                                     [&](float s) {
+                                         for (std::size_t i = 0; i < u.size(); ++i)
+                                             adapter.parameters()[i] += s * u[i];
+                                     },
+                                     2e-3f);
+    CHECK(analytic == doctest::Approx(fd).epsilon(2e-2));
+}
+
+TEST_CASE("backprop: SVF z and θ, mixture α and LoRA gradients match directional finite differences") {
     const t2::exec::simd<> ex;
     const auto& c = configs[0];
     const auto weights = t2::nn::random_weights(c, 7);
     const auto d = t2::adapt::decompose(ex, c, weights, t2::adapt::selection::all());
     const auto tokens = t2_test::random_tokens(10, c.vocab_size, 8);
+    const auto svf_model = t2::adapt::make_svf_model(c, weights, d);
 
     SUBCASE("svf with rescaling") {
-        auto model = t2::adapt::make_svf_model(c, weights, d, {.rescale = true});
-        std::vector<std::vector<float>> z;
-        for (std::size_t l = 0; l < c.n_layers; ++l)
-            for (const auto p : t2::nn::all_projections) {
-                auto& w = t2::nn::projection_of(model.weights().blocks[l], p).weight();
-                std::vector<float> values(w.rank());
-                t2_test::fill_uniform(values, 10 * l + std::size_t(p), 0.5f, 1.5f);
-                w.set_z(ex, values);
-                z.push_back(values);
-            }
-        auto g = t2::nn::make_gradients(model);
-        t2::nn::forward_backward(ex, model, tokens, {}, g);
-        std::vector<std::vector<float>> u;
-        double analytic = 0;
-        std::size_t k = 0;
-        for (std::size_t l = 0; l < c.n_layers; ++l)
-            for (const auto p : t2::nn::all_projections) {
-                const auto& dz = t2::nn::projection_of(g.blocks[l], p).z;
-                std::vector<float> dir(dz.size());
-                t2_test::fill_uniform(dir, 50 + k);
-                for (std::size_t j = 0; j < dz.size(); ++j)
-                    analytic += double(dz[j]) * dir[j];
-                u.push_back(dir);
-                ++k;
-            }
-        const double fd = directional_fd([&] { return double(t2::nn::sequence_loss(ex, model, tokens)); },
-                                         [&](float s) {
-                                             std::size_t m = 0;
-                                             for (std::size_t l = 0; l < c.n_layers; ++l)
-                                                 for (const auto p : t2::nn::all_projections) {
-                                                     for (std::size_t j = 0; j < z[m].size(); ++j)
-                                                         z[m][j] += s * u[m][j];
-                                                     t2::nn::projection_of(model.weights().blocks[l], p)
-                                                         .weight()
-                                                         .set_z(ex, z[m]);
-                                                     ++m;
-                                                 }
-                                         },
-                                         2e-3f);
-        CHECK(analytic == doctest::Approx(fd).epsilon(2e-2));
+        auto adapter = t2::adapt::make_svf_adapter(svf_model, {.rescale = true});
+        t2_test::fill_uniform(adapter.parameters(), 10, 0.5f, 1.5f);
+        t2::nn::forward_backward(ex, svf_model, adapter, tokens);
+        check_adapter_gradient(
+            adapter, [&] { return double(t2::nn::sequence_loss(ex, svf_model, tokens, {}, &adapter)); }, 50);
+    }
+
+    SUBCASE("svf, z = sigmoid(θ), with rescaling") {
+        auto adapter = t2::adapt::make_svf_adapter(
+            svf_model, {.parametrization = t2::adapt::svf_parametrization::sigmoid, .rescale = true, .seed = 3});
+        t2_test::fill_uniform(adapter.parameters(), 11, -1.f, 1.f);
+        t2::nn::forward_backward(ex, svf_model, adapter, tokens);
+        check_adapter_gradient(
+            adapter, [&] { return double(t2::nn::sequence_loss(ex, svf_model, tokens, {}, &adapter)); }, 51);
     }
 
     SUBCASE("mixture α, per layer") {
@@ -173,65 +167,30 @@ TEST_CASE("backprop: SVF z, mixture α and LoRA gradients match directional fini
                 experts[k].z.emplace_back(m.name, z);
             }
         }
-        auto model = t2::adapt::make_mixture_model(c, weights, d, experts);
-        std::vector<float> alpha{0.2f, 0.5f, 0.3f, 0.6f, 0.1f, 0.3f};
-        t2::adapt::set_mixture_alpha(ex, model, alpha);
-        auto g = t2::nn::make_gradients(model);
-        t2::nn::forward_backward(ex, model, tokens, {}, g);
-        // dL/dα of layer l sums over its matrices.
-        std::vector<double> dalpha(alpha.size(), 0.0);
-        for (std::size_t l = 0; l < c.n_layers; ++l)
-            for (const auto p : t2::nn::all_projections)
-                for (std::size_t k = 0; k < 3; ++k)
-                    dalpha[l * 3 + k] += t2::nn::projection_of(g.blocks[l], p).alpha[k];
+        auto adapter = t2::adapt::make_mixture_adapter(svf_model, d, experts, {.per_layer = true});
+        const std::vector<float> alpha{0.2f, 0.5f, 0.3f, 0.6f, 0.1f, 0.3f};
+        t2::adapt::set_mixture_alpha(adapter, alpha);
+        CHECK(adapter.parameters("layers.1.alpha")[1] == 0.1f);
+        t2::nn::forward_backward(ex, svf_model, adapter, tokens);
+        // One α at a time: dL/dα of layer l sums over its matrices.
         for (std::size_t i = 0; i < alpha.size(); ++i) {
             CAPTURE(i);
-            const double fd = directional_fd([&] { return double(t2::nn::sequence_loss(ex, model, tokens)); },
-                                             [&](float s) {
-                                                 alpha[i] += s;
-                                                 t2::adapt::set_mixture_alpha(ex, model, alpha);
-                                             },
-                                             2e-3f);
-            CHECK(std::abs(dalpha[i] - fd) <= 2e-2 * std::abs(fd) + 1e-4);
+            const double fd = directional_fd(
+                [&] { return double(t2::nn::sequence_loss(ex, svf_model, tokens, {}, &adapter)); },
+                [&](float s) { adapter.parameters()[i] += s; }, 2e-3f);
+            CHECK(std::abs(adapter.gradient()[i] - fd) <= 2e-2 * std::abs(fd) + 1e-4);
         }
     }
 
     SUBCASE("lora") {
-        auto model = t2::adapt::make_lora_model(c, weights, t2::adapt::selection::all(), {.rank = 3, .alpha = 6.f}, 9);
-        for (auto& b : model.weights().blocks)
-            for (const auto p : t2::nn::all_projections)
-                t2_test::fill_uniform(t2::nn::projection_of(b, p).weight().b().span(), 300 + std::size_t(p), -0.3f, 0.3f);
-        auto g = t2::nn::make_gradients(model);
-        t2::nn::forward_backward(ex, model, tokens, {}, g);
-        for (const bool of_a : {true, false}) {
-            CAPTURE(of_a);
-            double analytic = 0;
-            std::vector<std::vector<float>> u;
-            for (std::size_t l = 0; l < c.n_layers; ++l)
-                for (const auto p : t2::nn::all_projections) {
-                    const auto& gp = t2::nn::projection_of(g.blocks[l], p);
-                    const auto& grad = of_a ? gp.a : gp.b;
-                    std::vector<float> dir(grad.size());
-                    t2_test::fill_uniform(dir, 400 + u.size());
-                    for (std::size_t i = 0; i < dir.size(); ++i)
-                        analytic += double(grad.data()[i]) * dir[i];
-                    u.push_back(dir);
-                }
-            const double fd = directional_fd([&] { return double(t2::nn::sequence_loss(ex, model, tokens)); },
-                                             [&](float s) {
-                                                 std::size_t m = 0;
-                                                 for (auto& b : model.weights().blocks)
-                                                     for (const auto p : t2::nn::all_projections) {
-                                                         auto& w = t2::nn::projection_of(b, p).weight();
-                                                         auto values = of_a ? w.a() : w.b();
-                                                         for (std::size_t i = 0; i < values.size(); ++i)
-                                                             values.data()[i] += s * u[m][i];
-                                                         ++m;
-                                                     }
-                                             },
-                                             2e-3f);
-            CHECK(analytic == doctest::Approx(fd).epsilon(2e-2));
-        }
+        const auto model = t2::adapt::make_lora_model(c, weights);
+        auto adapter = t2::adapt::make_lora_adapter(model, t2::adapt::selection::all(), {.rank = 3, .alpha = 6.f}, 9);
+        for (const auto& range : adapter.layout())
+            if (range.name.ends_with(".lora_b"))
+                t2_test::fill_uniform(adapter.parameters(range.name), 300 + range.offset, -0.3f, 0.3f);
+        t2::nn::forward_backward(ex, model, adapter, tokens);
+        check_adapter_gradient(
+            adapter, [&] { return double(t2::nn::sequence_loss(ex, model, tokens, {}, &adapter)); }, 400);
     }
 }
 
@@ -316,19 +275,10 @@ TEST_CASE("backprop: a batch of unequal sequences with REINFORCE and a KL penalt
     const auto& c = configs[0]; // GQA
     const auto weights = t2::nn::random_weights(c, 11);
     const auto d = t2::adapt::decompose(ex, c, weights, t2::adapt::selection::mlp());
-    auto model = t2::adapt::make_svf_model(c, weights, d);
+    const auto model = t2::adapt::make_svf_model(c, weights, d);
     const t2::nn::llama<llama_config> base(c, weights);
-    std::vector<std::vector<float>> z;
-    for (auto& block : model.weights().blocks)
-        for (const auto p : t2::nn::all_projections) {
-            auto& w = t2::nn::projection_of(block, p).weight();
-            if (!w.adapted())
-                continue;
-            std::vector<float> values(w.rank());
-            t2_test::fill_uniform(values, 300 + z.size(), 0.7f, 1.3f);
-            w.set_z(ex, values);
-            z.push_back(values);
-        }
+    auto adapter = t2::adapt::make_svf_adapter(model);
+    t2_test::fill_uniform(adapter.parameters(), 300, 0.7f, 1.3f);
     const std::vector<std::vector<std::int32_t>> sequences{t2_test::random_tokens(9, c.vocab_size, 21),
                                                            t2_test::random_tokens(4, c.vocab_size, 22),
                                                            t2_test::random_tokens(12, c.vocab_size, 23)};
@@ -339,69 +289,41 @@ TEST_CASE("backprop: a batch of unequal sequences with REINFORCE and a KL penalt
     std::vector<float> mask(batch.rows(), 1.f); // the first two rows of each sequence are its prompt
     for (std::size_t b = 0; b < 3; ++b)
         mask[batch.offsets()[b]] = mask[batch.offsets()[b] + 1] = 0.f;
-    const auto base_logits = t2::nn::batch_logits(ex, base, batch);
+    // The base is the model without an adapter: its dense weights, as `base` holds them.
+    const auto base_logits = t2::nn::batch_logits(ex, model, batch);
+    const auto dense_logits = t2::nn::batch_logits(ex, base, batch);
+    CHECK(std::equal(base_logits.span().begin(), base_logits.span().end(), dense_logits.span().begin()));
     const auto loss = t2::nn::losses(t2::nn::reinforce{rewards, mask},
                                      t2::nn::kl_to_base{.base_logits = base_logits.view(), .coefficient = 0.2f});
 
-    auto g = t2::nn::make_gradients(model);
-    const float value = t2::nn::forward_backward(ex, model, batch, loss, g);
-    CHECK(value == doctest::Approx(t2::nn::batch_loss(ex, model, batch, loss)).epsilon(1e-5));
+    const float value = t2::nn::forward_backward(ex, model, adapter, batch, loss);
+    CHECK(value == doctest::Approx(t2::nn::batch_loss(ex, model, batch, loss, &adapter)).epsilon(1e-5));
 
     SUBCASE("the batch's REINFORCE gradient is the mean of each sequence's") {
-        auto alone = t2::nn::make_gradients(model);
+        adapter.zero_gradient();
         for (std::size_t b = 0; b < 3; ++b) {
             const t2::nn::training_batch one(views[b]);
             const std::span<const float> its_mask(mask.data() + batch.offsets()[b], batch.rows_of(b));
-            t2::nn::forward_backward(ex, model, one, t2::nn::reinforce{std::span(&rewards[b], 1), its_mask}, alone);
+            t2::nn::forward_backward(ex, model, adapter, one, t2::nn::reinforce{std::span(&rewards[b], 1), its_mask});
         }
-        auto batched = t2::nn::make_gradients(model);
-        t2::nn::forward_backward(ex, model, batch, t2::nn::reinforce{rewards, mask}, batched);
-        for (std::size_t l = 0; l < c.n_layers; ++l)
-            for (const auto p : {t2::nn::projection::w1, t2::nn::projection::w2, t2::nn::projection::w3}) {
-                const auto& want = t2::nn::projection_of(alone.blocks[l], p).z;
-                const auto& got = t2::nn::projection_of(batched.blocks[l], p).z;
-                REQUIRE(got.size() == want.size());
-                // The same sums over rows, split differently: within a few ulps of their size.
-                double difference = 0, size = 0;
-                for (std::size_t j = 0; j < got.size(); ++j) {
-                    difference += std::pow(double(got[j]) - double(want[j]) / 3, 2);
-                    size += std::pow(double(want[j]) / 3, 2);
-                }
-                CHECK(std::sqrt(difference) <= 1e-5 * std::sqrt(size));
+        const std::vector<float> alone(adapter.gradient().begin(), adapter.gradient().end());
+        adapter.zero_gradient();
+        t2::nn::forward_backward(ex, model, adapter, batch, t2::nn::reinforce{rewards, mask});
+        for (const auto& range : adapter.layout()) {
+            CAPTURE(range.name);
+            // The same sums over rows, split differently: within a few ulps of their size.
+            double difference = 0, size = 0;
+            for (std::size_t j = range.offset; j < range.offset + range.size; ++j) {
+                difference += std::pow(double(adapter.gradient()[j]) - double(alone[j]) / 3, 2);
+                size += std::pow(double(alone[j]) / 3, 2);
             }
+            CHECK(std::sqrt(difference) <= 1e-5 * std::sqrt(size));
+        }
     }
 
     SUBCASE("matches a directional finite difference") {
-        double analytic = 0;
-        std::vector<std::vector<float>> u;
-        std::size_t m = 0;
-        for (std::size_t l = 0; l < c.n_layers; ++l)
-            for (const auto p : t2::nn::all_projections) {
-                const auto& dz = t2::nn::projection_of(g.blocks[l], p).z;
-                if (dz.empty())
-                    continue;
-                std::vector<float> dir(dz.size());
-                t2_test::fill_uniform(dir, 400 + m++);
-                for (std::size_t j = 0; j < dz.size(); ++j)
-                    analytic += double(dz[j]) * dir[j];
-                u.push_back(dir);
-            }
-        const double fd = directional_fd([&] { return double(t2::nn::batch_loss(ex, model, batch, loss)); },
-                                         [&](float s) {
-                                             std::size_t k = 0;
-                                             for (auto& block : model.weights().blocks)
-                                                 for (const auto p : t2::nn::all_projections) {
-                                                     auto& w = t2::nn::projection_of(block, p).weight();
-                                                     if (!w.adapted())
-                                                         continue;
-                                                     for (std::size_t j = 0; j < z[k].size(); ++j)
-                                                         z[k][j] += s * u[k][j];
-                                                     w.set_z(ex, z[k]);
-                                                     ++k;
-                                                 }
-                                         },
-                                         2e-3f);
-        CHECK(analytic == doctest::Approx(fd).epsilon(2e-2));
+        check_adapter_gradient(adapter, [&] { return double(t2::nn::batch_loss(ex, model, batch, loss, &adapter)); },
+                               400);
     }
 
     SUBCASE("bad batches are refused") {
@@ -412,7 +334,7 @@ TEST_CASE("backprop: a batch of unequal sequences with REINFORCE and a KL penalt
                              t2::error);
         const std::vector<float> two_rewards{1.f, 1.f};
         CHECK(t2_test::contains(t2_test::error_message([&] {
-                                    t2::nn::forward_backward(ex, model, batch, t2::nn::reinforce{two_rewards}, g);
+                                    t2::nn::forward_backward(ex, model, adapter, batch, t2::nn::reinforce{two_rewards});
                                 }),
                                 "reward"));
     }

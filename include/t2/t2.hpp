@@ -21,6 +21,7 @@
 
 #include "t2/ops/ops.hpp"
 
+#include "t2/nn/adapter_state.hpp"
 #include "t2/nn/backprop.hpp"
 #include "t2/nn/config.hpp"
 #include "t2/nn/convert.hpp"
@@ -43,7 +44,6 @@
 
 #include "t2/adapt/decomposition.hpp"
 #include "t2/adapt/lora.hpp"
-#include "t2/adapt/mixture.hpp"
 #include "t2/adapt/model.hpp"
 #include "t2/adapt/parameters.hpp"
 #include "t2/adapt/selection.hpp"

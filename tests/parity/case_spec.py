@@ -2,8 +2,11 @@
 import os
 
 
-def read_spec(directory):
-    spec = {}
+def read_spec(directory, defaults=None):
+    """{key: value} of DIRECTORY/case.txt; a key it does not hold takes its value from
+    defaults, if given there (a field added later, so that older case files keep their
+    meaning)."""
+    spec = dict(defaults or {})
     with open(os.path.join(directory, "case.txt")) as f:
         for line in f:
             line = line.rstrip("\n")

@@ -6,8 +6,10 @@ their definitions, with requires_grad on the adapter parameters, runs a Llama fo
 ops of llama_reference.py, on torch tensors) over each sequence from position 0, takes the
 loss and calls backward. Nothing here uses t2's code; only its files are read.
 
-  svf      W' = U diag(σ ⊙ z · c) Vᵀ,  c = Σσ / Σ(σ⊙z) with rescaling, else 1
-  mixture  the same with z = Σ_k α_k z_k; α global [K] or per layer [n_layers × K]
+  svf      W' = U diag(σ ⊙ z · c) Vᵀ,  c = Σσ / Σ(σ⊙z) with rescaling, else 1; the parameters
+           are z, or θ with z = sigmoid(θ) (parametrization sigmoid)
+  mixture  the same with z = Σ_k α_k z_k; α global [K] or per layer [n_layers × K], the
+           experts z_k frozen (only α is a parameter)
   lora     W' = W + (alpha / rank) · B A,  A [rank × in], B [out × rank]
 
 Rows: a sequence of N tokens gives N−1 rows, row t reading tokens[t] and predicting
@@ -16,9 +18,11 @@ ce_r = −log softmax(logits_r)[target_r]. The loss is the sum of the terms name
   cross_entropy  Σ_r mask_r·ce_r / Σ_r mask_r
   reinforce      (1/B)·Σ_b rewards_b·Σ_{r in b} mask_r·ce_r
   kl             kl_coefficient·Σ_r kl_weights_r·KL_r, with p = softmax of the BASE model's
-                 logits (the checkpoint's own matrices, no adapter) and q = softmax of the
-                 adapted model's on row r: KL_r = KL(p ‖ q) (base_to_adapted) or KL(q ‖ p)
-                 (adapted_to_base), ops/kl_divergence.hpp's two directions.
+                 logits (the checkpoint's own dense matrices, no adapter: what t2's adapted
+                 model runs without an adapter, an SVF model's decomposed matrices included,
+                 rather than U diag(σ) Vᵀ) and q = softmax of the adapted model's on row r:
+                 KL_r = KL(p ‖ q) (base_to_adapted) or KL(q ‖ p) (adapted_to_base),
+                 ops/kl_divergence.hpp's two directions.
 
 A case is a directory holding case.txt (tab-separated "key value" lines):
   kind           svf | mixture | lora
@@ -35,12 +39,14 @@ A case is a directory holding case.txt (tab-separated "key value" lines):
   decomposition  t2 decomposition file, safetensors: "<matrix>.U" [out×r], ".S" [r], ".V" [in×r]
                  (svf, mixture; every matrix it holds is adapted)
   rescale        0 | 1 (svf, mixture)
+  parametrization z | sigmoid (svf; default z)
   matrices       comma-separated adapted matrix names (lora)
   lora_alpha, lora_rank
-and the parameters as .npy in in/: svf "<matrix>.z.npy" [r]; mixture "<matrix>.experts.npy"
-[K×r] and "alpha.npy" [K] or [n_layers×K]; lora "<matrix>.A.npy", "<matrix>.B.npy".
-The script writes out/loss.npy [1] and out/<same name>.npy, the gradient of each input, all
-float64.
+and the inputs as .npy in in/: svf "<matrix>.z.npy" [r], or "<matrix>.theta.npy" [r] with
+the sigmoid parametrization; mixture "<matrix>.experts.npy" [K×r] (frozen) and "alpha.npy"
+[K] or [n_layers×K]; lora "<matrix>.A.npy", "<matrix>.B.npy".
+The script writes out/loss.npy [1] and out/<same name>.npy, the gradient of each parameter
+(every input but the mixtures' experts), all float64.
 
 Commands:
   grad_reference.py case DIR           one case
@@ -140,7 +146,7 @@ def svf_weight(U, S, V, z, rescale):
 
 
 def run_case(directory):
-    spec = read_spec(directory)
+    spec = read_spec(directory, {"parametrization": "z"})
     kind, layout = spec["kind"], spec["layout"]
     if layout not in ("interleaved", "halves"):
         raise SystemExit("%s: unknown layout %r" % (directory, layout))
@@ -161,18 +167,27 @@ def run_case(directory):
     w = {"tok_embeddings": T(base["tok_embeddings"]), "norm": T(base["norm"]),
          "output": T(base["output"]),
          "layers": [{k: T(v) for k, v in L.items()} for L in base["layers"]]}
-    base_w = {k: v for k, v in w.items() if k != "layers"}  # the base model, for kl
+    # The base model, for kl: the checkpoint's dense matrices. t2's adapted models run
+    # exactly these without an adapter (an SVF model too, not U diag(σ) Vᵀ with z = 1).
+    base_w = {k: v for k, v in w.items() if k != "layers"}
     base_w["layers"] = [dict(L) for L in w["layers"]]
     inputs = {}  # name → leaf tensor requiring grad
 
+    def load(name):
+        return T(np.load(os.path.join(directory, "in", name + ".npy")))
+
     def param(name):
-        t = T(np.load(os.path.join(directory, "in", name + ".npy")))
+        t = load(name)
         t.requires_grad_(True)
         inputs[name] = t
         return t
 
     if kind in ("svf", "mixture"):
         rescale = spec["rescale"] == "1"
+        parametrization = spec["parametrization"]
+        if parametrization not in ("z", "sigmoid") or (kind == "mixture" and parametrization != "z"):
+            raise SystemExit("%s: parametrization %r: svf takes z or sigmoid, a mixture none"
+                             % (directory, parametrization))
         d = read_safetensors(spec["decomposition"])
         names = sorted({k.rsplit(".", 1)[0] for k in d})
         alpha = param("alpha") if kind == "mixture" else None
@@ -185,10 +200,12 @@ def run_case(directory):
             if err > 1e-4:
                 raise SystemExit("%s: %s: U diag(S) V^T differs from the checkpoint's matrix by "
                                  "%.3g (relative); wrong decomposition file?" % (directory, name, err))
-            if kind == "svf":
+            if kind == "svf" and parametrization == "sigmoid":
+                z = torch.sigmoid(param(name + ".theta"))
+            elif kind == "svf":
                 z = param(name + ".z")
             else:
-                experts = param(name + ".experts")  # [K × r]
+                experts = load(name + ".experts")  # [K × r], frozen
                 a = alpha if alpha.dim() == 1 else alpha[l]
                 z = a @ experts
             w["layers"][l][which] = svf_weight(U, S, V, z, rescale)

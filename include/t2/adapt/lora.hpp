@@ -1,18 +1,19 @@
 #pragma once
-// LoRA (Hu et al. 2021), the baseline Transformer² compares against: a weight policy with
+// LoRA (Hu et al. 2021), the baseline Transformer² compares against:
 //
 //   W' = W + (α / r) · B A,   A [r × in], B [out × r],
 //
-// W frozen, A and B trainable. A starts uniform in ±1/√in (PEFT's kaiming-uniform with
-// a = √5) and B at zero, so W' = W until training moves B. y = x·Wᵀ + (α/r)·(x·Aᵀ)·Bᵀ never
-// materializes B A. A matrix the model does not adapt holds only W (adapted() is false).
-#include <cmath>
+// W frozen (the policy: the dense base, shared), A and B trainable (a per-matrix lora_state
+// of an adapter, nn/adapter_state.hpp, viewing the adapter's flat parameters). A starts
+// uniform in ±1/√in (PEFT's kaiming-uniform with a = √5) and B at zero (make_lora_adapter),
+// so W' = W until training moves B. y = x·Wᵀ + (α/r)·(x·Aᵀ)·Bᵀ never materializes B A, so the
+// sequences of one batch may carry different adapters: x·Wᵀ is one gemm over all rows, and
+// each sequence's rows add their own low-rank term.
 #include <cstddef>
-#include <cstdint>
+#include <span>
 #include <utility>
 
 #include "t2/core/error.hpp"
-#include "t2/core/rng.hpp"
 #include "t2/core/tensor.hpp"
 #include "t2/nn/linear.hpp"
 #include "t2/ops/gemm.hpp"
@@ -25,82 +26,97 @@ struct lora_options {
     float alpha = 16.f; // the update is scaled by alpha / rank
 };
 
+// One matrix's share of a LoRA adapter; inactive (rank 0) for a matrix it leaves alone.
+struct lora_state {
+    std::size_t rank = 0;
+    float scaling = 0.f;                    // alpha / rank
+    std::span<float> a, b;                  // [r × in], [out × r] in the adapter's parameters
+    std::span<float> gradient_a, gradient_b; // the same in its gradient
+
+    bool active() const noexcept { return rank > 0; }
+};
+
 class lora {
 public:
-    struct gradient {
-        matrix<float> a, b; // dL/dA [r × in], dL/dB [out × r], accumulated
-    };
+    using state = lora_state;
 
     lora() = default;
     explicit lora(nn::dense<float> base) : base_(std::move(base)) {}
-    // Fresh adapter: A from `seed` (one stream per matrix: pass a distinct seed), B = 0.
-    lora(nn::dense<float> base, const lora_options& options, std::uint64_t seed)
-        : base_(std::move(base)), a_(options.rank, base_.in_features()),
-          b_(base_.out_features(), options.rank), alpha_(options.alpha), adapted_(true) {
-        T2_CHECK(options.rank > 0, "lora: rank must be positive");
-        const philox rng(seed);
-        const float bound = 1.f / std::sqrt(static_cast<float>(base_.in_features()));
-        for (std::size_t i = 0; i < a_.size(); ++i)
-            a_.data()[i] = rng.uniform(i, -bound, bound);
-    }
-    // Trained adapter (e.g. read from a file).
-    lora(nn::dense<float> base, matrix<float> a, matrix<float> b, float alpha)
-        : base_(std::move(base)), a_(std::move(a)), b_(std::move(b)), alpha_(alpha), adapted_(true) {
-        T2_CHECK(a_.extent(0) > 0 && a_.extent(0) == b_.extent(1) && a_.extent(1) == base_.in_features() &&
-                     b_.extent(0) == base_.out_features(),
-                 "lora: A is ", a_.shape(), " and B is ", b_.shape(), " for a ", base_.out_features(), "x",
-                 base_.in_features(), " matrix; need A r×in and B out×r");
-    }
 
-    bool adapted() const noexcept { return adapted_; }
-    std::size_t rank() const noexcept { return a_.extent(0); }
     std::size_t in_features() const noexcept { return base_.in_features(); }
     std::size_t out_features() const noexcept { return base_.out_features(); }
-    float scaling() const noexcept { return adapted_ ? alpha_ / static_cast<float>(rank()) : 0.f; }
-    matrix_view<float> a() noexcept { return a_.view(); }
-    matrix_view<float> b() noexcept { return b_.view(); }
-    matrix_view<const float> a() const noexcept { return a_.view(); }
-    matrix_view<const float> b() const noexcept { return b_.view(); }
+    const nn::dense<float>& base() const noexcept { return base_; }
+
+    // Floats of scratch that forward and backward need for `rows` rows with state s.
+    std::size_t scratch_floats(std::size_t rows, const state& s) const noexcept { return rows * s.rank; }
+    std::size_t backward_scratch_floats(std::size_t rows, const state& s) const noexcept { return 2 * rows * s.rank; }
 
     template <exec::cpu_executor E>
     void forward(const E& ex, matrix_view<const float> x, matrix_view<float> y) const {
         base_.forward(ex, x, y);
-        if (!adapted_)
-            return;
-        matrix<float> down(x.extent(0), rank());
-        ops::gemm(ex, x, a_.view(), down.view(), {.transpose_b = true});
-        ops::gemm(ex, down.view(), b_.view(), y, {.transpose_b = true, .alpha = scaling(), .beta = 1.f});
     }
 
-    gradient make_gradient() const {
-        if (!adapted_)
-            return {};
-        return {matrix<float>(a_.extent(0), a_.extent(1)), matrix<float>(b_.extent(0), b_.extent(1))};
+    // Each group of rows with its adapter's state (nullptr or inactive: the base alone).
+    template <exec::cpu_executor E>
+    void forward(const E& ex, matrix_view<const float> x, matrix_view<float> y,
+                 std::span<const nn::adapter_rows<state>> rows, std::span<float> scratch) const {
+        nn::check_adapter_rows("lora", rows, x.extent(0));
+        base_.forward(ex, x, y);
+        for (const auto& group : rows) {
+            if (!group.state || !group.state->active())
+                continue;
+            const state& s = *group.state;
+            check_state(s);
+            T2_CHECK(scratch.size() >= group.count * s.rank, "lora: scratch of ", scratch.size(),
+                     " floats, forward needs ", group.count * s.rank);
+            const auto down = view_of(scratch.data(), group.count, s.rank);
+            const std::size_t end = group.first + group.count;
+            ops::gemm(ex, x.rows(group.first, end), a_of(s), down, {.transpose_b = true});
+            ops::gemm(ex, matrix_view<const float>(down), b_of(s), y.rows(group.first, end),
+                      {.transpose_b = true, .alpha = s.scaling, .beta = 1.f});
+        }
     }
 
-    // dx = dL/dx (overwritten); grad.a, grad.b accumulate. With u = x·Aᵀ:
+    // dx = dL/dx (overwritten); s's gradient accumulates. With u = x·Aᵀ:
     // dB = s·dyᵀu, du = s·dy·B, dA = duᵀx, dx = dy·W + du·A.
     template <exec::cpu_executor E>
-    void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy,
-                  matrix_view<float> dx, gradient& grad) const {
+    void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy, matrix_view<float> dx,
+                  state* s, std::span<float> scratch) const {
         nn::dense<float>::gradient frozen; // the base weight is not trained
         base_.backward(ex, x, dy, dx, frozen);
-        if (!adapted_)
+        if (!s || !s->active())
             return;
-        const std::size_t T = x.extent(0);
-        matrix<float> down(T, rank()), ddown(T, rank());
-        ops::gemm(ex, x, a_.view(), down.view(), {.transpose_b = true});
-        ops::gemm(ex, dy, down.view(), grad.b.view(), {.transpose_a = true, .alpha = scaling(), .beta = 1.f});
-        ops::gemm(ex, dy, b_.view(), ddown.view(), {.alpha = scaling()});
-        ops::gemm(ex, ddown.view(), x, grad.a.view(), {.transpose_a = true, .beta = 1.f});
-        ops::gemm(ex, ddown.view(), a_.view(), dx, {.beta = 1.f});
+        check_state(*s);
+        const std::size_t T = x.extent(0), r = s->rank;
+        T2_CHECK(scratch.size() >= backward_scratch_floats(T, *s), "lora: backward scratch of ", scratch.size(),
+                 " floats, needs ", backward_scratch_floats(T, *s));
+        const auto down = view_of(scratch.data(), T, r), ddown = view_of(scratch.data() + T * r, T, r);
+        const auto grad_a = view_of(s->gradient_a.data(), r, in_features());
+        const auto grad_b = view_of(s->gradient_b.data(), out_features(), r);
+        ops::gemm(ex, x, a_of(*s), down, {.transpose_b = true});
+        ops::gemm(ex, dy, matrix_view<const float>(down), grad_b, {.transpose_a = true, .alpha = s->scaling, .beta = 1.f});
+        ops::gemm(ex, dy, b_of(*s), ddown, {.alpha = s->scaling});
+        ops::gemm(ex, matrix_view<const float>(ddown), x, grad_a, {.transpose_a = true, .beta = 1.f});
+        ops::gemm(ex, matrix_view<const float>(ddown), a_of(*s), dx, {.beta = 1.f});
     }
 
 private:
+    matrix_view<const float> a_of(const state& s) const noexcept {
+        return view_of(static_cast<const float*>(s.a.data()), s.rank, in_features());
+    }
+    matrix_view<const float> b_of(const state& s) const noexcept {
+        return view_of(static_cast<const float*>(s.b.data()), out_features(), s.rank);
+    }
+
+    void check_state(const state& s) const {
+        T2_CHECK(s.a.size() == s.rank * in_features() && s.b.size() == out_features() * s.rank &&
+                     s.gradient_a.size() == s.a.size() && s.gradient_b.size() == s.b.size(),
+                 "lora: an adapter state of rank ", s.rank, " with ", s.a.size(), " + ", s.b.size(),
+                 " parameters for a ", out_features(), "x", in_features(),
+                 " matrix: the adapter was made for another model");
+    }
+
     nn::dense<float> base_;
-    matrix<float> a_, b_;
-    float alpha_ = 0.f;
-    bool adapted_ = false;
 };
 
 } // namespace adapt

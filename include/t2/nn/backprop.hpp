@@ -1,21 +1,21 @@
 #pragma once
 // Exact backpropagation through a llama over a batch of sequences: any loss object
-// (nn/loss.hpp: next-token cross-entropy, REINFORCE, a KL penalty to the base, their sums)
-// and the gradients of whatever the weight policy trains (z for SVF, α and the experts for
-// mixtures, A and B for LoRA, W for dense weights on request), plus optionally the norms and
-// the token embedding.
+// (nn/loss.hpp: next-token cross-entropy, REINFORCE, a KL penalty to the base, their sums),
+// and the gradient of either an adapter's parameters (into its flat gradient span: z or θ
+// for SVF, α for mixtures, A and B for LoRA) or, for a dense model, of the dense weights, the
+// norms and the token embedding (llama_gradients).
 //
-//   auto grads = t2::nn::make_gradients(model);
 //   t2::nn::training_batch batch(sequences);              // B token sequences, packed
-//   float loss = t2::nn::forward_backward(ex, model, batch, t2::nn::reinforce{rewards, mask}, grads);
-//   float ce = t2::nn::forward_backward(ex, model, tokens, mask, grads);   // one sequence, CE
+//   float loss = t2::nn::forward_backward(ex, model, adapter, batch, t2::nn::reinforce{rewards, mask});
 //   t2::nn::training_workspace ws;   // a training loop passes one: its buffers are reused
-//   t2::nn::forward_backward(ex, model, batch, loss, grads, ws);
+//   t2::nn::forward_backward(ex, model, adapter, batch, loss, ws);
+//   auto grads = t2::nn::make_gradients(dense_model, {.dense_weights = true});
+//   t2::nn::forward_backward(ex, dense_model, batch, loss, grads, ws, {.dense_weights = true});
 //
 // A sequence of N tokens gives N−1 rows: row t reads tokens[t] and predicts tokens[t+1]. The
 // rows of the B sequences are stacked in batch order (training_batch: offsets and targets),
 // and a loss's per-row weights follow that packing. Gradients accumulate (+=) into `grads`,
-// so calls sum; zero them between optimizer steps.
+// so calls sum; zero them between optimizer steps (adapter_state::zero_gradient).
 //
 // Each sequence runs from position 0 without a KV cache, through the decoder block of
 // llama::forward (nn/decoder_block.hpp) with ops::causal_attention per sequence in place of
@@ -54,8 +54,8 @@ T2_NAMESPACE_BEGIN
 namespace nn {
 
 struct backprop_options {
-    // Gradients of the plain weights as well: dense matrices (with the dense policy), the
-    // RMSNorm weights and the token embedding. Adapter parameters always get theirs.
+    // Dense models: gradients of the weights (matrices, RMSNorm weights, token embedding),
+    // not only dL/dx. Adapted models train their adapter only.
     bool dense_weights = false;
     // Keep only the blocks' inputs and recompute the rest during backward.
     bool recompute = false;
@@ -88,6 +88,7 @@ typename Weight::gradient policy_gradient(const Weight& w, bool dense_weights) {
 } // namespace detail
 
 template <model_config C, weight_policy Weight>
+    requires(!adaptable_weight<Weight>)
 llama_gradients<Weight> make_gradients(const llama<C, Weight>& model, const backprop_options& options = {}) {
     const auto& c = model.config();
     const auto& w = model.weights();
@@ -198,24 +199,26 @@ void for_each_sequence(const training_batch& batch, F&& f) {
 // Runs block b on a.x (filled by the caller) and writes its output to out: the decoder
 // block of inference, with causal attention over each whole sequence that keeps the
 // probabilities for the backward.
-template <exec::cpu_executor E, model_config C, weight_policy Weight>
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Adapters>
 void block_forward(const E& ex, const C& c, const block_weights<Weight>& b, block_activations& a,
                    const training_batch& batch, std::span<const std::size_t> positions, matrix<float>& projected,
-                   matrix_view<float> out) {
+                   matrix_view<float> out, const Adapters& adapters, std::span<float> scratch) {
     const nn::block_activations where{a.x.view(),   a.h1.view(),    a.q.view(),  a.k.view(),    a.v.view(),
                                       a.attended.view(), a.x_mid.view(), a.h2.view(), a.gate.view(), a.up.view(),
                                       a.act.view(), projected.view(), out};
     nn::block_forward(ex, c, b, where, positions, [&](const auto& inner, auto q, auto k, auto v, auto attended) {
         for_each_sequence(batch, [&](std::size_t s, std::size_t r0, std::size_t r1) {
             ops::causal_attention(inner, q.rows(r0, r1), k.rows(r0, r1), v.rows(r0, r1), attended.rows(r0, r1),
-                                  a.probs_of(s, c.n_heads, r1 - r0), c.n_heads, c.n_kv_heads);
+                                  a.probs_of(s, c.n_heads, r1 - r0), c.n_heads, c.n_kv_heads, scratch);
         });
-    });
+    }, adapters);
 }
 
-// Intermediates of a block's backward, overwritten before they are read.
+// Intermediates of a block's backward, overwritten before they are read; `kernels` is the
+// scratch of the attention and RMSNorm kernels (sized by forward_backward for its executor).
 struct backward_scratch {
     matrix<float> d_act, d_gate, d_up, d_h, d_part, d_attended, dq, dk, dv;
+    std::vector<float> kernels;
 
     template <model_config C>
     backward_scratch(const C& c, std::size_t R)
@@ -225,40 +228,44 @@ struct backward_scratch {
           dv(scratch_matrix(R, kv_dim(c))) {}
 };
 
-// dx: dL/d(block output) on entry, dL/d(block input) on return.
-template <exec::cpu_executor E, model_config C, weight_policy Weight>
+// dx: dL/d(block output) on entry, dL/d(block input) on return. matrix_backward(p, x, dy,
+// dx) runs projection p's backward (and accumulates its gradient, if any); the norms'
+// gradients go to d_attention_norm and d_mlp_norm unless they are empty.
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class MatrixBackward>
 void block_backward(const E& ex, const C& c, const block_weights<Weight>& b, const block_activations& a,
                     const training_batch& batch, backward_scratch& s, matrix_view<float> dx,
-                    block_gradients<Weight>& g) {
+                    vector_view<float> d_attention_norm, vector_view<float> d_mlp_norm,
+                    MatrixBackward&& matrix_backward) {
     // Named references, not a structured binding: Clang 14 cannot capture one in a lambda.
     matrix<float> &d_act = s.d_act, &d_gate = s.d_gate, &d_up = s.d_up, &d_h = s.d_h, &d_part = s.d_part;
     matrix<float> &d_attended = s.d_attended, &dq = s.dq, &dk = s.dk, &dv = s.dv;
+    const std::span<float> kernels(s.kernels);
     // MLP: x_next = x_mid + w2(swiglu(w1 h2, w3 h2)), h2 = rmsnorm(x_mid).
-    b.w2.backward(ex, a.act.view(), dx, d_act.view(), g.w2);
+    matrix_backward(projection::w2, a.act.view(), dx, d_act.view());
     ops::swiglu_backward(ex, a.gate.flat(), a.up.flat(), d_act.flat(), d_gate.flat(), d_up.flat());
-    b.w1.backward(ex, a.h2.view(), d_gate.view(), d_h.view(), g.w1);
-    b.w3.backward(ex, a.h2.view(), d_up.view(), d_part.view(), g.w3);
+    matrix_backward(projection::w1, a.h2.view(), d_gate.view(), d_h.view());
+    matrix_backward(projection::w3, a.h2.view(), d_up.view(), d_part.view());
     ops::add(ex, d_h.flat(), d_part.flat(), d_h.flat());
-    ops::rmsnorm_backward(ex, a.x_mid.view(), b.mlp_norm, d_h.view(), d_part.view(), g.mlp_norm.view(),
-                          c.norm_eps);
+    ops::rmsnorm_backward(ex, a.x_mid.view(), b.mlp_norm, d_h.view(), d_part.view(), d_mlp_norm, c.norm_eps,
+                          kernels);
     ops::add(ex, dx.flat(), d_part.flat(), dx.flat()); // dL/dx_mid
     // Attention: x_mid = x + wo(attention(rope(wq h1), rope(wk h1), wv h1)), h1 = rmsnorm(x).
-    b.wo.backward(ex, a.attended.view(), dx, d_attended.view(), g.wo);
+    matrix_backward(projection::wo, a.attended.view(), dx, d_attended.view());
     const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
     for_each_sequence(batch, [&](std::size_t s, std::size_t r0, std::size_t r1) {
         ops::causal_attention_backward(ex, a.q.rows(r0, r1), a.k.rows(r0, r1), a.v.rows(r0, r1), a.probs_of(s, c.n_heads, r1 - r0),
                                        d_attended.rows(r0, r1), dq.rows(r0, r1), dk.rows(r0, r1), dv.rows(r0, r1),
-                                       c.n_heads, c.n_kv_heads);
+                                       c.n_heads, c.n_kv_heads, kernels);
         ops::rope_backward(ex, dq.rows(r0, r1), 0, rope);
         ops::rope_backward(ex, dk.rows(r0, r1), 0, rope);
     });
-    b.wq.backward(ex, a.h1.view(), dq.view(), d_h.view(), g.wq);
-    b.wk.backward(ex, a.h1.view(), dk.view(), d_part.view(), g.wk);
+    matrix_backward(projection::wq, a.h1.view(), dq.view(), d_h.view());
+    matrix_backward(projection::wk, a.h1.view(), dk.view(), d_part.view());
     ops::add(ex, d_h.flat(), d_part.flat(), d_h.flat());
-    b.wv.backward(ex, a.h1.view(), dv.view(), d_part.view(), g.wv);
+    matrix_backward(projection::wv, a.h1.view(), dv.view(), d_part.view());
     ops::add(ex, d_h.flat(), d_part.flat(), d_h.flat());
-    ops::rmsnorm_backward(ex, a.x.view(), b.attention_norm, d_h.view(), d_part.view(), g.attention_norm.view(),
-                          c.norm_eps);
+    ops::rmsnorm_backward(ex, a.x.view(), b.attention_norm, d_h.view(), d_part.view(), d_attention_norm, c.norm_eps,
+                          kernels);
     ops::add(ex, dx.flat(), d_part.flat(), dx.flat());
 }
 
@@ -290,9 +297,11 @@ inline void check_mask(std::span<const std::int32_t> tokens, std::span<const flo
 } // namespace detail
 
 // The logits of every row of the batch [R × vocab] (each sequence from position 0), by the
-// inference forward: what a loss reads, e.g. the base model's logits for kl_to_base.
+// inference forward with `adapter` (nullptr: the base): what a loss reads, e.g. the base
+// model's logits for kl_to_base.
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
-matrix<float> batch_logits(const E& ex, const llama<C, Weight>& model, const training_batch& batch) {
+matrix<float> batch_logits(const E& ex, const llama<C, Weight>& model, const training_batch& batch,
+                           const adapter_of_t<Weight>* adapter = nullptr) {
     detail::check_batch(model.config(), batch);
     std::vector<llama_state> states;
     std::vector<sequence_step> steps;
@@ -302,7 +311,7 @@ matrix<float> batch_logits(const E& ex, const llama<C, Weight>& model, const tra
         steps.push_back({&states.back(), batch.inputs().subspan(batch.offsets()[b], batch.rows_of(b))});
     }
     decoder_workspace ws;
-    const auto logits = model.forward(ex, std::span<const sequence_step>(steps), ws, logits_for::all);
+    const auto logits = model.forward(ex, std::span<const sequence_step>(steps), ws, logits_for::all, adapter);
     matrix<float> copy(dims<2>(logits.extent(0), logits.extent(1)), uninitialized);
     std::copy(logits.data(), logits.data() + logits.size(), copy.data());
     return copy;
@@ -312,25 +321,30 @@ matrix<float> batch_logits(const E& ex, const llama<C, Weight>& model, const tra
 // gradient estimates.
 template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
     requires loss_function<Loss, E>
-float batch_loss(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss) {
-    const matrix<float> logits = batch_logits(ex, model, batch);
+float batch_loss(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
+                 const adapter_of_t<Weight>* adapter = nullptr) {
+    const matrix<float> logits = batch_logits(ex, model, batch, adapter);
     return loss(ex, batch.loss_rows_view(), logits.view(), matrix_view<float>());
 }
 
 // Next-token cross-entropy of one sequence (mask: one weight per prediction, empty = all).
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
 float sequence_loss(const E& ex, const llama<C, Weight>& model, std::span<const std::int32_t> tokens,
-                    std::span<const float> mask = {}) {
+                    std::span<const float> mask = {}, const adapter_of_t<Weight>* adapter = nullptr) {
     detail::check_mask(tokens, mask);
-    return batch_loss(ex, model, training_batch(tokens), next_token_cross_entropy{mask});
+    return batch_loss(ex, model, training_batch(tokens), next_token_cross_entropy{mask}, adapter);
 }
 
 class training_workspace;
 
+namespace detail {
+
 template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
-    requires loss_function<Loss, E>
-float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
-                       llama_gradients<Weight>& grads, training_workspace& ws, const backprop_options& options = {});
+float forward_backward(const E& ex, const llama<C, Weight>& model, adapter_of_t<Weight>* adapter,
+                       const training_batch& batch, const Loss& loss, llama_gradients<Weight>* grads,
+                       training_workspace& ws, const backprop_options& options);
+
+} // namespace detail
 
 // Every buffer of forward_backward, kept between calls: a training step on a batch of the
 // shape before (the same sequence lengths, the same recompute option) reuses them, so it
@@ -342,9 +356,8 @@ public:
 
 private:
     template <exec::cpu_executor E, model_config C, weight_policy W, class L>
-        requires loss_function<L, E>
-    friend float forward_backward(const E&, const llama<C, W>&, const training_batch&, const L&, llama_gradients<W>&,
-                                  training_workspace&, const backprop_options&);
+    friend float detail::forward_backward(const E&, const llama<C, W>&, adapter_of_t<W>*, const training_batch&,
+                                          const L&, llama_gradients<W>*, training_workspace&, const backprop_options&);
 
     template <model_config C>
     void fit(const C& c, const training_batch& batch, bool recompute) {
@@ -378,33 +391,80 @@ private:
     std::vector<matrix<float>> block_inputs;     // with recompute
     matrix<float> x, projected, normed, d_normed, dx, logits, dlogits;
     std::optional<detail::backward_scratch> backward;
+    std::vector<float> adapter_scratch; // the weight policies' (grown, never shrunk)
     std::vector<std::size_t> positions;
     std::vector<std::size_t> offsets_;
     std::array<std::size_t, 5> dims_{};
     bool recompute_ = false;
 };
 
+namespace detail {
+
+// One forward and backward over the batch: the adapter's gradient accumulates (adapted
+// models), or grads' (dense models).
 template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
-    requires loss_function<Loss, E>
-float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
-                       llama_gradients<Weight>& grads, training_workspace& ws, const backprop_options& options) {
+float forward_backward(const E& ex, const llama<C, Weight>& model, adapter_of_t<Weight>* adapter,
+                       const training_batch& batch, const Loss& loss, llama_gradients<Weight>* grads,
+                       training_workspace& ws, const backprop_options& options) {
     const C& c = model.config();
     const llama_weights<Weight>& w = model.weights();
-    detail::check_batch(c, batch);
-    T2_CHECK(grads.blocks.size() == c.n_layers, "forward_backward: gradients for ", grads.blocks.size(),
-             " blocks, the model has ", c.n_layers, " (use make_gradients)");
-    const std::size_t L = c.n_layers;
+    check_batch(c, batch);
+    const std::size_t L = c.n_layers, R = batch.rows();
+    if constexpr (adaptable_weight<Weight>) {
+        T2_CHECK(adapter->base() == w.owner.get() && adapter->layers() == L,
+                 "forward_backward: the adapter was made for another model");
+    } else {
+        T2_CHECK(grads->blocks.size() == L, "forward_backward: gradients for ", grads->blocks.size(),
+                 " blocks, the model has ", L, " (use make_gradients)");
+    }
     ws.fit(c, batch, options.recompute);
     auto& x = ws.x;
+    std::size_t kernel_floats = R; // rmsnorm_backward's
+    for (std::size_t b = 0; b < batch.sequences(); ++b)
+        kernel_floats = std::max({kernel_floats,
+                                  ops::causal_attention_scratch(ex, batch.rows_of(b), c.n_heads, head_dim(c)),
+                                  ops::causal_attention_backward_scratch(ex, batch.rows_of(b), c.n_heads, head_dim(c))});
+    if (ws.backward->kernels.size() < kernel_floats)
+        ws.backward->kernels.resize(kernel_floats);
+
+    // The adapter's matrix states, one group of all R rows each, and the policies' scratch.
+    const auto adapters_of_layer = [&](std::size_t l, auto& rows) {
+        if constexpr (adaptable_weight<Weight>) {
+            block_adapters<typename Weight::state> a{{}, std::span<float>(ws.adapter_scratch)};
+            for (std::size_t p = 0; p < all_projections.size(); ++p) {
+                rows[p] = {0, R, &adapter->matrix(l, p)};
+                a.rows[p] = std::span(&rows[p], 1);
+            }
+            return a;
+        } else {
+            return no_block_adapters{};
+        }
+    };
+    if constexpr (adaptable_weight<Weight>) {
+        std::size_t most = 0;
+        for (std::size_t l = 0; l < L; ++l)
+            for (const projection p : all_projections) {
+                const auto& policy = projection_of(w.blocks[l], p).weight();
+                const auto& state = adapter->matrix(l, static_cast<std::size_t>(p));
+                most = std::max({most, policy.scratch_floats(R, state), policy.backward_scratch_floats(R, state)});
+            }
+        if (ws.adapter_scratch.size() < most)
+            ws.adapter_scratch.resize(most);
+    }
+    std::array<adapter_rows<matrix_state_of_t<Weight>>, all_projections.size()> layer_rows{};
 
     // Forward, keeping every block's activations (or only its input).
     ops::embedding(ex, w.token_embedding, batch.inputs(), x.view());
+    const auto run_block = [&](std::size_t l, block_activations& a) {
+        block_forward(ex, c, w.blocks[l], a, batch, ws.positions, ws.projected, x.view(),
+                      adapters_of_layer(l, layer_rows), std::span<float>(ws.backward->kernels));
+    };
     for (std::size_t l = 0; l < L; ++l) {
         if (options.recompute)
             std::copy(x.data(), x.data() + x.size(), ws.block_inputs[l].data());
-        detail::block_activations& a = ws.kept[options.recompute ? 0 : l];
+        block_activations& a = ws.kept[options.recompute ? 0 : l];
         std::copy(x.data(), x.data() + x.size(), a.x.data());
-        detail::block_forward(ex, c, w.blocks[l], a, batch, ws.positions, ws.projected, x.view());
+        run_block(l, a);
     }
     ops::rmsnorm(ex, x.view(), w.final_norm, ws.normed.view(), c.norm_eps);
     w.classifier(ex, ws.normed.view(), ws.logits.view());
@@ -416,55 +476,109 @@ float forward_backward(const E& ex, const llama<C, Weight>& model, const trainin
     const auto normed = ws.normed.view();
     const auto dlogits = ws.dlogits.view();
     const auto d_normed = ws.d_normed.view();
-    if (c.shared_classifier) {
+    if constexpr (adaptable_weight<Weight>) {
+        w.classifier.backward(ex, normed, dlogits, d_normed, static_cast<typename Weight::state*>(nullptr),
+                              std::span<float>());
+    } else if (c.shared_classifier) {
         auto tied = w.classifier.weight().make_gradient();
-        if constexpr (requires { tied.weight; }) {
-            std::swap(tied.weight, grads.token_embedding);
-            try {
-                w.classifier.backward(ex, normed, dlogits, d_normed, tied);
-            } catch (...) {
-                std::swap(tied.weight, grads.token_embedding);
-                throw;
-            }
-            std::swap(tied.weight, grads.token_embedding);
-        } else {
+        std::swap(tied.weight, grads->token_embedding);
+        try {
             w.classifier.backward(ex, normed, dlogits, d_normed, tied);
+        } catch (...) {
+            std::swap(tied.weight, grads->token_embedding);
+            throw;
         }
+        std::swap(tied.weight, grads->token_embedding);
     } else {
-        w.classifier.backward(ex, normed, dlogits, d_normed, grads.classifier);
+        w.classifier.backward(ex, normed, dlogits, d_normed, grads->classifier);
     }
-    ops::rmsnorm_backward(ex, x.view(), w.final_norm, d_normed, ws.dx.view(), grads.final_norm.view(), c.norm_eps);
+    vector_view<float> d_final_norm, d_attention_norm, d_mlp_norm; // empty: not wanted
+    if constexpr (!adaptable_weight<Weight>)
+        d_final_norm = grads->final_norm.view();
+    ops::rmsnorm_backward(ex, x.view(), w.final_norm, d_normed, ws.dx.view(), d_final_norm, c.norm_eps,
+                          std::span<float>(ws.backward->kernels));
     for (std::size_t l = L; l-- > 0;) {
-        detail::block_activations& a = ws.kept[options.recompute ? 0 : l];
+        block_activations& a = ws.kept[options.recompute ? 0 : l];
         if (options.recompute) {
             std::copy(ws.block_inputs[l].data(), ws.block_inputs[l].data() + ws.block_inputs[l].size(), a.x.data());
-            detail::block_forward(ex, c, w.blocks[l], a, batch, ws.positions, ws.projected, x.view()); // x is scratch here
+            run_block(l, a); // x is scratch here
         }
-        detail::block_backward(ex, c, w.blocks[l], a, batch, *ws.backward, ws.dx.view(), grads.blocks[l]);
+        const auto matrix_backward = [&](projection p, matrix_view<const float> in, matrix_view<const float> dy,
+                                         matrix_view<float> d_in) {
+            if constexpr (adaptable_weight<Weight>)
+                projection_of(w.blocks[l], p).backward(ex, in, dy, d_in, &adapter->matrix(l, std::size_t(p)),
+                                                       std::span<float>(ws.adapter_scratch));
+            else
+                projection_of(w.blocks[l], p).backward(ex, in, dy, d_in, projection_of(grads->blocks[l], p));
+        };
+        if constexpr (!adaptable_weight<Weight>) {
+            d_attention_norm = grads->blocks[l].attention_norm.view();
+            d_mlp_norm = grads->blocks[l].mlp_norm.view();
+        }
+        block_backward(ex, c, w.blocks[l], a, batch, *ws.backward, ws.dx.view(), d_attention_norm, d_mlp_norm,
+                       matrix_backward);
     }
-    if (grads.token_embedding.size() != 0)
-        ops::embedding_backward(ex, batch.inputs(), ws.dx.view(), grads.token_embedding.view());
+    if constexpr (!adaptable_weight<Weight>)
+        if (grads->token_embedding.size() != 0)
+            ops::embedding_backward(ex, batch.inputs(), ws.dx.view(), grads->token_embedding.view());
     return value;
 }
 
-// The same with a workspace of its own for this call.
+} // namespace detail
+
+// A dense model: grads accumulate (the weights' with options.dense_weights).
 template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
-    requires loss_function<Loss, E>
+    requires loss_function<Loss, E> && (!adaptable_weight<Weight>)
+float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
+                       llama_gradients<Weight>& grads, training_workspace& ws, const backprop_options& options = {}) {
+    return detail::forward_backward(ex, model, nullptr, batch, loss, &grads, ws, options);
+}
+
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Loss>
+    requires loss_function<Loss, E> && (!adaptable_weight<Weight>)
 float forward_backward(const E& ex, const llama<C, Weight>& model, const training_batch& batch, const Loss& loss,
                        llama_gradients<Weight>& grads, const backprop_options& options = {}) {
     training_workspace ws;
     return forward_backward(ex, model, batch, loss, grads, ws, options);
 }
 
+// An adapted model: runs with `adapter`, whose gradient span accumulates dL/d(parameters).
+template <exec::cpu_executor E, model_config C, adaptable_weight Weight, class Loss>
+    requires loss_function<Loss, E>
+float forward_backward(const E& ex, const llama<C, Weight>& model, adapter_state<Weight>& adapter,
+                       const training_batch& batch, const Loss& loss, training_workspace& ws,
+                       const backprop_options& options = {}) {
+    T2_CHECK(!options.dense_weights, "forward_backward: an adapted model trains its adapter, not dense weights");
+    llama_gradients<Weight>* none = nullptr;
+    return detail::forward_backward(ex, model, &adapter, batch, loss, none, ws, options);
+}
+
+template <exec::cpu_executor E, model_config C, adaptable_weight Weight, class Loss>
+    requires loss_function<Loss, E>
+float forward_backward(const E& ex, const llama<C, Weight>& model, adapter_state<Weight>& adapter,
+                       const training_batch& batch, const Loss& loss, const backprop_options& options = {}) {
+    training_workspace ws;
+    return forward_backward(ex, model, adapter, batch, loss, ws, options);
+}
+
 // One sequence with next-token cross-entropy: mask[N−1] weighs the predictions (0 leaves one
 // out, e.g. the prompt's tokens in supervised fine-tuning; empty counts all); the loss is
 // their weighted mean (ops::cross_entropy).
 template <exec::cpu_executor E, model_config C, weight_policy Weight>
+    requires(!adaptable_weight<Weight>)
 float forward_backward(const E& ex, const llama<C, Weight>& model, std::span<const std::int32_t> tokens,
                        std::span<const float> mask, llama_gradients<Weight>& grads,
                        const backprop_options& options = {}) {
     detail::check_mask(tokens, mask);
     return forward_backward(ex, model, training_batch(tokens), next_token_cross_entropy{mask}, grads, options);
+}
+
+template <exec::cpu_executor E, model_config C, adaptable_weight Weight>
+float forward_backward(const E& ex, const llama<C, Weight>& model, adapter_state<Weight>& adapter,
+                       std::span<const std::int32_t> tokens, std::span<const float> mask = {},
+                       const backprop_options& options = {}) {
+    detail::check_mask(tokens, mask);
+    return forward_backward(ex, model, adapter, training_batch(tokens), next_token_cross_entropy{mask}, options);
 }
 
 } // namespace nn

@@ -13,12 +13,19 @@
 // Attention is the one step that differs, so it is passed in: over each sequence's KV cache
 // (ops::cached_attention) for inference, causal over whole sequences keeping the
 // probabilities (ops::causal_attention) for training.
+//
+// An adapter, if any, comes as block_adapters: for each projection, the groups of rows and
+// the adapter state each group runs that matrix with (nn/adapter_state.hpp), and scratch for
+// the weight policy; no_block_adapters runs the weights as they are.
+#include <array>
 #include <cstddef>
 #include <span>
+#include <type_traits>
 
 #include "t2/core/tensor.hpp"
 #include "t2/nn/config.hpp"
 #include "t2/nn/linear.hpp"
+#include "t2/nn/matrices.hpp"
 #include "t2/ops/activations.hpp"
 #include "t2/ops/elementwise.hpp"
 #include "t2/ops/norms.hpp"
@@ -41,26 +48,51 @@ struct block_activations {
     matrix_view<float> x, h1, q, k, v, attended, x_mid, h2, gate, up, act, projected, out;
 };
 
-template <exec::cpu_executor E, model_config C, weight_policy Weight, class Attention>
+struct no_block_adapters {};
+
+template <class State>
+struct block_adapters {
+    std::array<std::span<const adapter_rows<State>>, all_projections.size()> rows; // by projection
+    std::span<float> scratch;
+};
+
+namespace detail {
+
+template <exec::cpu_executor E, weight_policy Weight, class Adapters>
+void project(const E& ex, const linear<Weight>& m, projection p, matrix_view<const float> x, matrix_view<float> y,
+             const Adapters& adapters) {
+    if constexpr (std::is_same_v<Adapters, no_block_adapters>)
+        m(ex, x, y);
+    else
+        m(ex, x, y, adapters.rows[static_cast<std::size_t>(p)], adapters.scratch);
+}
+
+} // namespace detail
+
+template <exec::cpu_executor E, model_config C, weight_policy Weight, class Attention,
+          class Adapters = no_block_adapters>
 void block_forward(const E& ex, const C& c, const block_weights<Weight>& w, const block_activations& a,
-                   std::span<const std::size_t> positions, Attention&& attention) {
+                   std::span<const std::size_t> positions, Attention&& attention, const Adapters& adapters = {}) {
+    const auto project = [&](projection p, matrix_view<const float> x, matrix_view<float> y) {
+        detail::project(ex, projection_of(w, p), p, x, y, adapters);
+    };
     ops::rmsnorm(ex, a.x, w.attention_norm, a.h1, c.norm_eps);
-    w.wq(ex, a.h1, a.q);
-    w.wk(ex, a.h1, a.k);
-    w.wv(ex, a.h1, a.v);
+    project(projection::wq, a.h1, a.q);
+    project(projection::wk, a.h1, a.k);
+    project(projection::wv, a.h1, a.v);
     const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
     ops::rope(ex, a.q, positions, rope);
     ops::rope(ex, a.k, positions, rope);
     attention(ex, matrix_view<const float>(a.q), matrix_view<const float>(a.k), matrix_view<const float>(a.v),
               a.attended);
-    w.wo(ex, a.attended, a.projected);
+    project(projection::wo, a.attended, a.projected);
     ops::add(ex, a.x.flat(), a.projected.flat(), a.x_mid.flat());
 
     ops::rmsnorm(ex, a.x_mid, w.mlp_norm, a.h2, c.norm_eps);
-    w.w1(ex, a.h2, a.gate);
-    w.w3(ex, a.h2, a.up);
+    project(projection::w1, a.h2, a.gate);
+    project(projection::w3, a.h2, a.up);
     ops::swiglu(ex, a.gate.flat(), a.up.flat(), a.act.flat());
-    w.w2(ex, a.act, a.projected);
+    project(projection::w2, a.act, a.projected);
     ops::add(ex, a.x_mid.flat(), a.projected.flat(), a.out.flat());
 }
 

@@ -113,14 +113,23 @@ inline float log_probability(std::span<const float> logits, std::int32_t token) 
 
 // Generates for every prompt; stop(b, tokens) is asked after each token of sequence b
 // (tokens: what b has generated so far) and ends it when true. The sampler's draws are
-// taken in batch order, so a seeded run is reproducible.
+// taken in batch order, so a seeded run is reproducible. For an adaptable model, `adapters`
+// gives every prompt's adapter (B pointers, nullptr: the base) or one for all (1); none
+// runs the base.
 template <exec::cpu_executor E, class Model, class Stop = no_stop_condition>
 std::vector<generation> generate(const E& ex, const Model& model,
                                  std::span<const std::span<const std::int32_t>> prompts, ops::sampler& sample,
-                                 const generation_options& options = {}, Stop&& stop = {}) {
+                                 const generation_options& options = {}, Stop&& stop = {},
+                                 std::span<const typename Model::adapter_type* const> adapters = {}) {
+    using step = typename Model::step;
     const auto& c = model.config();
     const std::size_t B = prompts.size();
     T2_CHECK(B > 0, "generate: no prompts");
+    T2_CHECK(adapters.size() <= 1 || adapters.size() == B, "generate: ", adapters.size(), " adapters for ", B,
+             " prompts (give one per prompt, one for all, or none)");
+    const auto adapter_of = [&](std::size_t b) {
+        return adapters.empty() ? nullptr : adapters[adapters.size() == 1 ? 0 : b];
+    };
     T2_CHECK(options.max_new_tokens > 0, "generate: a token budget of 0");
     std::vector<llama_state> states;
     states.reserve(B);
@@ -141,14 +150,14 @@ std::vector<generation> generate(const E& ex, const Model& model,
 
     // Sequences still running, in batch order, with the step each takes next.
     std::vector<std::size_t> running(B);
-    std::vector<sequence_step> steps(B);
+    std::vector<step> steps(B);
     for (std::size_t b = 0; b < B; ++b) {
         running[b] = b;
-        steps[b] = {&states[b], prompts[b]};
+        steps[b] = {&states[b], prompts[b], adapter_of(b)};
     }
     decoder_workspace ws;
     while (!running.empty()) {
-        const matrix_view<const float> logits = model.forward(ex, std::span<const sequence_step>(steps), ws);
+        const matrix_view<const float> logits = model.forward(ex, std::span<const step>(steps), ws);
         std::size_t still = 0;
         for (std::size_t i = 0; i < running.size(); ++i) {
             const std::size_t b = running[i];
@@ -173,7 +182,7 @@ std::vector<generation> generate(const E& ex, const Model& model,
                 done = false;
             if (!done) {
                 running[still] = b;
-                steps[still] = {&states[b], std::span<const std::int32_t>(&g.tokens.back(), 1)};
+                steps[still] = {&states[b], std::span<const std::int32_t>(&g.tokens.back(), 1), adapter_of(b)};
                 ++still;
             }
         }

@@ -3,13 +3,19 @@
 //
 //   x[T × in] → y[T × out], W stored [out × in] as checkpoints store it.
 //
-// A weight policy provides in_features(), out_features() and forward(ex, x, y); a trainable
-// one also a `gradient` type, make_gradient() and backward(ex, x, dy, dx, gradient&).
-// dense<T> is a plain matrix; the adapter policies (adapt/: SVF W' = U(σ⊙z)Vᵀ, expert
-// mixtures, LoRA) are further policies with the same members, so layers never change when
-// the weight representation does.
+// A weight policy provides in_features(), out_features() and forward(ex, x, y). dense<T> is a
+// plain matrix with a `gradient` type, make_gradient() and backward(ex, x, dy, dx, gradient&).
+// An adaptable policy (adapt/: SVF W' = U(σ⊙z)Vᵀ with its mixtures, LoRA) holds only the
+// frozen part of its matrix and names a per-matrix adapter state type, `state`, that an
+// adapter holds (nn/adapter_state.hpp); it runs with groups of rows, each with its state:
+//   forward(ex, x, y, span<const adapter_rows<state>>, scratch)
+//   backward(ex, x, dy, dx, state*, scratch)   (the state's gradient accumulates)
+//   scratch_floats(rows, state), backward_scratch_floats(rows, state)
+// and forward(ex, x, y) alone runs the base. Layers never change when the weight
+// representation does.
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <type_traits>
 #include <utility>
 
@@ -20,6 +26,25 @@
 
 T2_NAMESPACE_BEGIN
 namespace nn {
+
+// Rows first … first + count − 1 of a matrix product run with `state` (nullptr: the base).
+template <class State>
+struct adapter_rows {
+    std::size_t first = 0, count = 0;
+    const State* state = nullptr;
+};
+
+// Groups of rows must cover rows 0 … total − 1 in order (or be none: the base for all).
+template <class State>
+void check_adapter_rows(const char* op, std::span<const adapter_rows<State>> rows, std::size_t total) {
+    std::size_t next = 0;
+    for (const auto& group : rows) {
+        T2_CHECK(group.first == next && group.count > 0, op, ": adapter groups must cover the rows in order; a group "
+                 "starts at row ", group.first, " with ", group.count, " rows, expected row ", next);
+        next += group.count;
+    }
+    T2_CHECK(rows.empty() || next == total, op, ": adapter groups cover ", next, " of ", total, " rows");
+}
 
 template <class P>
 concept weight_policy = requires(const P& p) {
@@ -90,26 +115,38 @@ public:
 
     template <exec::cpu_executor E>
     void operator()(const E& ex, matrix_view<const float> x, matrix_view<float> y) const {
-        T2_CHECK(x.extent(1) == in_features() && y.extent(1) == out_features() &&
-                     x.extent(0) == y.extent(0),
-                 "linear: weight is ", out_features(), "x", in_features(), ", x is ", x.shape(),
-                 ", y is ", y.shape());
+        check(x, y);
         weight_.forward(ex, x, y);
     }
 
-    // Given the forward's x and dL/dy: dx = dL/dx (overwritten) and the policy's gradient
-    // (accumulated): dL/dW for dense, dL/dz for SVF, dL/dA and dL/dB for LoRA, …
-    template <exec::cpu_executor E, class Gradient>
+    // With an adapter: each group of rows with its state (see the top of this file).
+    template <exec::cpu_executor E, class State>
+    void operator()(const E& ex, matrix_view<const float> x, matrix_view<float> y,
+                    std::span<const adapter_rows<State>> rows, std::span<float> scratch) const {
+        check(x, y);
+        weight_.forward(ex, x, y, rows, scratch);
+    }
+
+    // Given the forward's x and dL/dy: dx = dL/dx (overwritten) and the gradient (accumulated):
+    // dL/dW for dense into `grad`; for an adaptable policy, `grad` is the matrix's adapter
+    // state (a pointer; nullptr: the base, dx only) followed by scratch.
+    template <exec::cpu_executor E, class... Gradient>
     void backward(const E& ex, matrix_view<const float> x, matrix_view<const float> dy, matrix_view<float> dx,
-                  Gradient& grad) const {
+                  Gradient&&... grad) const {
         T2_CHECK(x.extent(1) == in_features() && dy.extent(1) == out_features() && dx.extent(1) == in_features() &&
                      x.extent(0) == dy.extent(0) && dx.extent(0) == x.extent(0),
                  "linear backward: weight is ", out_features(), "x", in_features(), ", x is ", x.shape(),
                  ", dy is ", dy.shape(), ", dx is ", dx.shape());
-        weight_.backward(ex, x, dy, dx, grad);
+        weight_.backward(ex, x, dy, dx, std::forward<Gradient>(grad)...);
     }
 
 private:
+    void check(matrix_view<const float> x, matrix_view<float> y) const {
+        T2_CHECK(x.extent(1) == in_features() && y.extent(1) == out_features() && x.extent(0) == y.extent(0),
+                 "linear: weight is ", out_features(), "x", in_features(), ", x is ", x.shape(), ", y is ",
+                 y.shape());
+    }
+
     Weight weight_;
 };
 

@@ -15,18 +15,26 @@
 // prefill, and lockstep decoding of B sequences as a B-row gemm instead of B gemvs. The
 // block itself is nn/decoder_block.hpp, shared with training (nn/backprop.hpp).
 //
+// Adapters (nn/adapter_state.hpp) are per call, never in the weights: forward(…, adapter)
+// runs every sequence with one adapter state, and a batch of `step`s names one per sequence
+// (nullptr: the base), so sequences with different experts, or a population of candidates,
+// share one pass over the frozen base where the weight policy allows it.
+//
 // Scratch memory comes from a decoder_workspace that is sized by the first call and reused,
 // so decoding token after token allocates nothing; the logits returned are a view into it,
 // valid until its next use. A llama_state carries one for the single-sequence forward.
 #include <algorithm>
+#include <any>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "t2/core/tensor.hpp"
 #include "t2/core/workspace.hpp"
+#include "t2/nn/adapter_state.hpp"
 #include "t2/nn/config.hpp"
 #include "t2/nn/decoder_block.hpp"
 #include "t2/nn/kv_cache.hpp"
@@ -52,6 +60,7 @@ struct decoder_workspace {
     workspace floats;
     std::vector<std::size_t> positions;             // of every row
     std::vector<ops::attention_sequence> attention; // every sequence's rows and cache
+    std::any adapter_groups, matrix_groups;         // with adapters: their groups of rows
 };
 
 // Mutable per-sequence state.
@@ -68,17 +77,24 @@ public:
     void reset() noexcept { position = 0; }
 };
 
-// One sequence of a batch: its state and the tokens to run at its next positions.
-struct sequence_step {
+// One sequence of a batch: its state, the tokens to run at its next positions, and for an
+// adaptable model the adapter it runs with (nullptr: the base).
+template <class Adapter>
+struct basic_sequence_step {
     llama_state* state = nullptr;
     std::span<const std::int32_t> tokens;
+    const Adapter* adapter = nullptr;
 };
+using sequence_step = basic_sequence_step<no_adapter>;
 
 enum class logits_for { last, all };
 
 template <model_config Config, weight_policy Weight = dense<float>>
 class llama {
 public:
+    using adapter_type = adapter_of_t<Weight>;         // adapter_state<Weight>, or no_adapter
+    using step = basic_sequence_step<adapter_type>;    // a sequence with its own adapter
+
     llama(const Config& config, llama_weights<Weight> weights)
         : config_(config), weights_(std::move(weights)) {
         check_shapes();
@@ -92,26 +108,39 @@ public:
 
     // Runs each sequence's tokens at its positions state.position … +T−1, appends them to
     // its cache and returns the logits of each sequence's last position (B rows, in batch
-    // order) or of every position (R rows, packed in batch order).
+    // order) or of every position (R rows, packed in batch order). Every sequence runs with
+    // `adapter` (nullptr: the base).
     template <exec::cpu_executor E>
     matrix_view<const float> forward(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws,
+                                     logits_for which = logits_for::last,
+                                     const adapter_type* adapter = nullptr) const {
+        return run(ex, batch, ws, which == logits_for::last ? output::last_logits : output::all_logits,
+                   [&](std::size_t) { return adapter; });
+    }
+
+    // The same with an adapter per sequence.
+    template <exec::cpu_executor E>
+        requires adaptable_weight<Weight>
+    matrix_view<const float> forward(const E& ex, std::span<const step> batch, decoder_workspace& ws,
                                      logits_for which = logits_for::last) const {
-        return run(ex, batch, ws, which == logits_for::last ? output::last_logits : output::all_logits);
+        return run(ex, batch, ws, which == logits_for::last ? output::last_logits : output::all_logits,
+                   [&](std::size_t b) { return batch[b].adapter; });
     }
 
     // The final-normed hidden states of every position [R × dim], packed in batch order; the
     // caches advance as in forward.
     template <exec::cpu_executor E>
-    matrix_view<const float> hidden(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws) const {
-        return run(ex, batch, ws, output::all_hidden);
+    matrix_view<const float> hidden(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws,
+                                    const adapter_type* adapter = nullptr) const {
+        return run(ex, batch, ws, output::all_hidden, [&](std::size_t) { return adapter; });
     }
 
     // One sequence, with the state's own workspace; the logits are copied out.
     template <exec::cpu_executor E>
     matrix<float> forward(const E& ex, llama_state& state, std::span<const std::int32_t> tokens,
-                          logits_for which = logits_for::last) const {
+                          logits_for which = logits_for::last, const adapter_type* adapter = nullptr) const {
         const sequence_step step{&state, tokens};
-        const matrix_view<const float> logits = forward(ex, std::span(&step, 1), state.scratch, which);
+        const matrix_view<const float> logits = forward(ex, std::span(&step, 1), state.scratch, which, adapter);
         matrix<float> copy(dims<2>(logits.extent(0), logits.extent(1)), uninitialized);
         std::copy(logits.data(), logits.data() + logits.size(), copy.data());
         return copy;
@@ -120,14 +149,14 @@ public:
 private:
     enum class output { last_logits, all_logits, all_hidden };
 
-    template <exec::cpu_executor E>
-    matrix_view<const float> run(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws,
-                                 output what) const {
+    template <exec::cpu_executor E, class Step, class AdapterOf>
+    matrix_view<const float> run(const E& ex, std::span<const Step> batch, decoder_workspace& ws, output what,
+                                 AdapterOf&& adapter_of) const {
         const std::size_t D = config_.dim, B = batch.size();
-        const std::size_t R = check_batch(batch);
+        const std::size_t R = check_batch(batch, adapter_of);
         ws.positions.clear();
         ws.attention.clear();
-        for (const sequence_step& s : batch) {
+        for (const Step& s : batch) {
             ws.attention.push_back({ws.positions.size(), s.tokens.size(), s.state->position,
                                     s.state->cache.layer_keys(0), s.state->cache.layer_values(0)});
             for (std::size_t t = 0; t < s.tokens.size(); ++t)
@@ -138,6 +167,8 @@ private:
             ops::cached_attention_scratch(ex, std::span<const ops::attention_sequence>(ws.attention), heads,
                                           kv_heads, head_dim(config_));
         const std::size_t out_rows = what == output::last_logits ? B : R;
+        const auto groups = adapter_groups(batch, ws, adapter_of);
+        std::span<float> adapter_scratch;
         block_activations a;
         matrix_view<float> selected, normed, logits;
         std::span<float> attention_scratch;
@@ -157,6 +188,10 @@ private:
                 logits = take(out_rows, config_.vocab_size);
             const auto scores = take(attention_floats);
             attention_scratch = std::span<float>(scores.data(), scores.size());
+            if constexpr (adaptable_weight<Weight>) {
+                const auto floats = take(adapter_scratch_floats(groups, R));
+                adapter_scratch = std::span<float>(floats.data(), floats.size());
+            }
         });
 
         for (std::size_t b = 0; b < B; ++b)
@@ -169,13 +204,18 @@ private:
                 ws.attention[b].keys = batch[b].state->cache.layer_keys(l);
                 ws.attention[b].values = batch[b].state->cache.layer_values(l);
             }
-            block_forward(ex, config_, weights_.blocks[l], a, std::span<const std::size_t>(ws.positions),
-                          [&](const auto& inner, auto q, auto k, auto v, auto attended) {
-                              ops::cached_attention(inner, q, k, v, std::span<const ops::attention_sequence>(ws.attention),
-                                                    attended, heads, kv_heads, attention_scratch);
-                          });
+            const auto attention = [&](const auto& inner, auto q, auto k, auto v, auto attended) {
+                ops::cached_attention(inner, q, k, v, std::span<const ops::attention_sequence>(ws.attention), attended,
+                                      heads, kv_heads, attention_scratch);
+            };
+            const std::span<const std::size_t> positions(ws.positions);
+            if constexpr (adaptable_weight<Weight>)
+                block_forward(ex, config_, weights_.blocks[l], a, positions, attention,
+                              layer_adapters(l, groups, ws, adapter_scratch));
+            else
+                block_forward(ex, config_, weights_.blocks[l], a, positions, attention);
         }
-        for (const sequence_step& s : batch)
+        for (const Step& s : batch)
             s.state->position += s.tokens.size();
 
         if (what == output::last_logits)
@@ -190,12 +230,69 @@ private:
         return logits;
     }
 
+    // Consecutive sequences with the same adapter form one group of rows (none without
+    // adapters).
+    template <class Step, class AdapterOf>
+    std::span<const adapter_rows<adapter_type>> adapter_groups(std::span<const Step> batch, decoder_workspace& ws,
+                                                               AdapterOf&& adapter_of) const {
+        if constexpr (!adaptable_weight<Weight>) {
+            return {};
+        } else {
+            using groups_type = std::vector<adapter_rows<adapter_type>>;
+            if (!std::any_cast<groups_type>(&ws.adapter_groups))
+                ws.adapter_groups = groups_type();
+            groups_type& groups = *std::any_cast<groups_type>(&ws.adapter_groups);
+            groups.clear();
+            for (std::size_t b = 0; b < batch.size(); ++b) {
+                const adapter_type* adapter = adapter_of(b);
+                if (!groups.empty() && groups.back().state == adapter)
+                    groups.back().count += batch[b].tokens.size();
+                else
+                    groups.push_back({ws.attention[b].first_row, batch[b].tokens.size(), adapter});
+            }
+            return groups;
+        }
+    }
+
+    // Scratch of the weight policies for R rows with the batch's adapters.
+    template <class Groups>
+    std::size_t adapter_scratch_floats(const Groups& groups, std::size_t R) const {
+        std::size_t most = 0;
+        for (const auto& group : groups)
+            if (group.state)
+                for (std::size_t l = 0; l < config_.n_layers; ++l)
+                    for (const projection p : all_projections)
+                        most = std::max(most, projection_of(weights_.blocks[l], p).weight().scratch_floats(
+                                                  R, group.state->matrix(l, static_cast<std::size_t>(p))));
+        return most;
+    }
+
+    // Layer l's projections with each group's matrix states.
+    template <class Groups>
+    auto layer_adapters(std::size_t l, const Groups& groups, decoder_workspace& ws, std::span<float> scratch) const {
+        using rows_type = std::vector<adapter_rows<typename Weight::state>>;
+        if (!std::any_cast<rows_type>(&ws.matrix_groups))
+            ws.matrix_groups = rows_type();
+        rows_type& rows = *std::any_cast<rows_type>(&ws.matrix_groups);
+        const std::size_t G = groups.size(), P = all_projections.size();
+        rows.resize(G * P);
+        block_adapters<typename Weight::state> adapters{{}, scratch};
+        for (std::size_t p = 0; p < P; ++p) {
+            for (std::size_t g = 0; g < G; ++g)
+                rows[p * G + g] = {groups[g].first, groups[g].count,
+                                   groups[g].state ? &groups[g].state->matrix(l, p) : nullptr};
+            adapters.rows[p] = std::span<const adapter_rows<typename Weight::state>>(rows.data() + p * G, G);
+        }
+        return adapters;
+    }
+
     // Checks every sequence before anything runs; returns the rows in all.
-    std::size_t check_batch(std::span<const sequence_step> batch) const {
+    template <class Step, class AdapterOf>
+    std::size_t check_batch(std::span<const Step> batch, AdapterOf&& adapter_of) const {
         T2_CHECK(!batch.empty(), "forward: an empty batch");
         std::size_t rows = 0;
         for (std::size_t b = 0; b < batch.size(); ++b) {
-            const sequence_step& s = batch[b];
+            const Step& s = batch[b];
             T2_CHECK(s.state, "forward: sequence ", b, " of the batch has no state");
             const llama_state& state = *s.state;
             const std::size_t T = s.tokens.size();
@@ -210,6 +307,11 @@ private:
             for (const std::int32_t token : s.tokens)
                 T2_CHECK(token >= 0 && static_cast<std::size_t>(token) < config_.vocab_size, "forward: token id ",
                          token, " is outside the vocabulary of ", config_.vocab_size);
+            if constexpr (adaptable_weight<Weight>)
+                if (const adapter_type* adapter = adapter_of(b))
+                    T2_CHECK(adapter->base() == weights_.owner.get() && adapter->layers() == config_.n_layers,
+                             "forward: the adapter", batch.size() > 1 ? " of sequence " + std::to_string(b) : "",
+                             " was made for another model");
             rows += T;
         }
         return rows;
@@ -253,6 +355,47 @@ private:
     Config config_;
     llama_weights<Weight> weights_;
 };
+
+// A model with one adapter for every sequence: llama's interface (config, make_state,
+// forward, hidden) for code written against a model, such as generate. Borrows both.
+template <model_config Config, adaptable_weight Weight>
+class adapted_model {
+public:
+    using adapter_type = no_adapter; // the adapter is bound
+    using step = sequence_step;
+
+    adapted_model(const llama<Config, Weight>& model, const adapter_state<Weight>& adapter)
+        : model_(&model), adapter_(&adapter) {}
+
+    const Config& config() const noexcept { return model_->config(); }
+    const llama<Config, Weight>& model() const noexcept { return *model_; }
+    const adapter_state<Weight>& adapter() const noexcept { return *adapter_; }
+    llama_state make_state(std::size_t context = 0) const { return model_->make_state(context); }
+
+    template <exec::cpu_executor E>
+    matrix_view<const float> forward(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws,
+                                     logits_for which = logits_for::last) const {
+        return model_->forward(ex, batch, ws, which, adapter_);
+    }
+    template <exec::cpu_executor E>
+    matrix_view<const float> hidden(const E& ex, std::span<const sequence_step> batch, decoder_workspace& ws) const {
+        return model_->hidden(ex, batch, ws, adapter_);
+    }
+    template <exec::cpu_executor E>
+    matrix<float> forward(const E& ex, llama_state& state, std::span<const std::int32_t> tokens,
+                          logits_for which = logits_for::last) const {
+        return model_->forward(ex, state, tokens, which, adapter_);
+    }
+
+private:
+    const llama<Config, Weight>* model_;
+    const adapter_state<Weight>* adapter_;
+};
+
+template <model_config Config, adaptable_weight Weight>
+adapted_model<Config, Weight> with_adapter(const llama<Config, Weight>& model, const adapter_state<Weight>& adapter) {
+    return {model, adapter};
+}
 
 } // namespace nn
 T2_NAMESPACE_END

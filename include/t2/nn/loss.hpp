@@ -140,7 +140,9 @@ struct reinforce {
             return 0.f;
         // One weight per row: its sequence's reward times its mask (signed_cross_entropy
         // refuses a non-finite one, naming the row).
-        std::vector<float> weights(R);
+        thread_local std::vector<float> row_weights; // grown, never shrunk: no allocation per step
+        row_weights.resize(std::max(row_weights.size(), R));
+        const std::span<float> weights(row_weights.data(), R);
         for (std::size_t b = 0; b < B; ++b) {
             T2_CHECK(std::isfinite(rewards[b]), loss, ": reward ", rewards[b], " of sequence ", b,
                      "; rewards must be finite");

@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "t2/nn/config.hpp"
-#include "t2/nn/llama.hpp"
 
 T2_NAMESPACE_BEGIN
 namespace nn {

@@ -20,9 +20,15 @@
 // heads of a group: each task writes its own head's share, and the shares are added in
 // head order afterwards, so the result does not depend on the thread count. The backward
 // takes dP and dS in blocks of rows, so its scratch grows with T, not T².
+//
+// Scratch (each head's gathered q, k, v, …) comes from the caller when it passes a span of
+// causal_attention_scratch(ex, T, H, hd) (or _backward_scratch) floats, so that a training
+// loop that keeps one allocates nothing; without one, the call allocates its own.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <span>
+#include <vector>
 
 #include "t2/core/tensor.hpp"
 #include "t2/exec/executor.hpp"
@@ -79,7 +85,33 @@ inline void scatter_columns(const float* src, std::size_t rows, std::size_t hd, 
 // Rows of dS per block in the backward: the scratch is attention_block × T floats.
 inline constexpr std::size_t attention_block = 64;
 
+// Per task: q, k, v and the output of one head, [T × hd] each.
+inline std::size_t forward_slot_floats(std::size_t T, std::size_t hd) noexcept { return 4 * T * hd; }
+// Per task: q, k, v, dout and dq of one head, and a block of dS; shared: every head's share
+// of dk and dv.
+inline std::size_t backward_slot_floats(std::size_t T, std::size_t hd) noexcept {
+    return 5 * T * hd + std::min(T, attention_block) * T;
+}
+
+// A [rows × cols] view of scratch at *offset, which moves past it.
+inline matrix_view<float> take(std::span<float> scratch, std::size_t& offset, std::size_t rows, std::size_t cols) {
+    const matrix_view<float> m = view_of(scratch.data() + offset, rows, cols);
+    offset += rows * cols;
+    return m;
+}
+
 } // namespace detail
+
+// Floats of scratch causal_attention and causal_attention_backward need for T positions of
+// n_heads heads of head_dim on this executor.
+template <exec::cpu_executor E>
+std::size_t causal_attention_scratch(const E& ex, std::size_t T, std::size_t n_heads, std::size_t head_dim) {
+    return detail::task_slots(ex, n_heads) * detail::forward_slot_floats(T, head_dim);
+}
+template <exec::cpu_executor E>
+std::size_t causal_attention_backward_scratch(const E& ex, std::size_t T, std::size_t n_heads, std::size_t head_dim) {
+    return detail::task_slots(ex, n_heads) * detail::backward_slot_floats(T, head_dim) + 2 * n_heads * T * head_dim;
+}
 
 // out = causal softmax(q·kᵀ/√hd)·v per head, the softmax rows saved in probs (see the top of
 // this file). out and probs are overwritten and must not overlap the inputs.
@@ -87,7 +119,7 @@ template <exec::cpu_executor E>
 void causal_attention(const E& ex, matrix_view<const float> q, matrix_view<const float> k,
                       matrix_view<const float> v, matrix_view<float> out,
                       tensor_view<float, dims<3>> probs, std::size_t n_heads,
-                      std::size_t n_kv_heads) {
+                      std::size_t n_kv_heads, std::span<float> scratch = {}) {
     constexpr const char* op = "causal_attention";
     const auto a = detail::check_attention(op, q, k, v, probs, n_heads, n_kv_heads);
     detail::check_same_shape(op, "q", q, "out", out);
@@ -97,21 +129,31 @@ void causal_attention(const E& ex, matrix_view<const float> q, matrix_view<const
     detail::check_disjoint(op, "probs", probs, "out", out);
     const std::size_t T = a.T, hd = a.head_dim;
     const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-    detail::for_each_task(ex, a.heads, [&](const auto& inner, std::size_t h) {
+    std::vector<float> own;
+    if (scratch.empty()) {
+        own.resize(causal_attention_scratch(ex, T, n_heads, hd));
+        scratch = own;
+    }
+    T2_CHECK(scratch.size() >= causal_attention_scratch(ex, T, n_heads, hd), op, ": scratch of ", scratch.size(),
+             " floats, it needs ", causal_attention_scratch(ex, T, n_heads, hd));
+    detail::for_each_task_in_slot(ex, a.heads, [&](const auto& inner, std::size_t h, std::size_t slot) {
         const std::size_t g = h / a.group;
-        matrix<float> query(T, hd), keys(T, hd), values(T, hd), attended(T, hd);
+        std::size_t at = slot * detail::forward_slot_floats(T, hd);
+        const auto query = detail::take(scratch, at, T, hd), keys = detail::take(scratch, at, T, hd);
+        const auto values = detail::take(scratch, at, T, hd), attended = detail::take(scratch, at, T, hd);
         detail::gather_columns(q.data(), q.extent(1), h * hd, T, hd, query.data());
         detail::gather_columns(k.data(), k.extent(1), g * hd, T, hd, keys.data());
         detail::gather_columns(v.data(), v.extent(1), g * hd, T, hd, values.data());
         const auto p = view_of(probs.data() + h * T * T, T, T);
-        gemm(inner, query, keys, p, {.transpose_b = true, .alpha = scale});
+        gemm(inner, matrix_view<const float>(query), matrix_view<const float>(keys), p,
+             {.transpose_b = true, .alpha = scale});
         for (std::size_t t = 0; t < T; ++t) {
             const auto row = p.row(t);
             const auto seen = row.rows(0, t + 1); // position t sees 0 … itself
             softmax(inner, seen, seen);
             std::fill(row.data() + t + 1, row.data() + T, 0.f);
         }
-        gemm(inner, p, values, attended);
+        gemm(inner, matrix_view<const float>(p), matrix_view<const float>(values), attended);
         detail::scatter_columns(attended.data(), T, hd, out.data(), out.extent(1), h * hd);
     });
 }
@@ -125,7 +167,7 @@ void causal_attention_backward(const E& ex, matrix_view<const float> q, matrix_v
                                tensor_view<const float, dims<3>> probs,
                                matrix_view<const float> dout, matrix_view<float> dq,
                                matrix_view<float> dk, matrix_view<float> dv, std::size_t n_heads,
-                               std::size_t n_kv_heads) {
+                               std::size_t n_kv_heads, std::span<float> scratch = {}) {
     constexpr const char* op = "causal_attention_backward";
     const auto a = detail::check_attention(op, q, k, v, probs, n_heads, n_kv_heads);
     detail::check_same_shape(op, "q", q, "dout", dout);
@@ -148,12 +190,24 @@ void causal_attention_backward(const E& ex, matrix_view<const float> q, matrix_v
 
     const std::size_t T = a.T, hd = a.head_dim;
     const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+    std::vector<float> own;
+    if (scratch.empty()) {
+        own.resize(causal_attention_backward_scratch(ex, T, n_heads, hd));
+        scratch = own;
+    }
+    T2_CHECK(scratch.size() >= causal_attention_backward_scratch(ex, T, n_heads, hd), op, ": scratch of ",
+             scratch.size(), " floats, it needs ", causal_attention_backward_scratch(ex, T, n_heads, hd));
     // Each head's share of dk and dv, [H × T × hd]; a group's shares are summed below.
-    matrix<float> dk_share(dims<2>(a.heads * T, hd), uninitialized), dv_share(dims<2>(a.heads * T, hd), uninitialized);
-    detail::for_each_task(ex, a.heads, [&](const auto& inner, std::size_t h) {
+    std::size_t shared = 0;
+    const auto dk_share = detail::take(scratch, shared, a.heads * T, hd);
+    const auto dv_share = detail::take(scratch, shared, a.heads * T, hd);
+    detail::for_each_task_in_slot(ex, a.heads, [&](const auto& inner, std::size_t h, std::size_t slot) {
         const std::size_t g = h / a.group;
-        matrix<float> query(T, hd), keys(T, hd), values(T, hd), dattended(T, hd), dquery(T, hd);
-        matrix<float> ds(std::min(T, detail::attention_block), T);
+        std::size_t at = shared + slot * detail::backward_slot_floats(T, hd);
+        const auto query = detail::take(scratch, at, T, hd), keys = detail::take(scratch, at, T, hd);
+        const auto values = detail::take(scratch, at, T, hd), dattended = detail::take(scratch, at, T, hd);
+        const auto dquery = detail::take(scratch, at, T, hd);
+        const auto ds = detail::take(scratch, at, std::min(T, detail::attention_block), T);
         detail::gather_columns(q.data(), q.extent(1), h * hd, T, hd, query.data());
         detail::gather_columns(dout.data(), dout.extent(1), h * hd, T, hd, dattended.data());
         detail::gather_columns(k.data(), k.extent(1), g * hd, T, hd, keys.data());
@@ -161,11 +215,12 @@ void causal_attention_backward(const E& ex, matrix_view<const float> q, matrix_v
         const auto p = view_of(probs.data() + h * T * T, T, T);
         const auto dkeys = dk_share.rows(h * T, (h + 1) * T);
 
-        gemm(inner, p, dattended, dv_share.rows(h * T, (h + 1) * T), {.transpose_a = true});
+        gemm(inner, p, matrix_view<const float>(dattended), dv_share.rows(h * T, (h + 1) * T), {.transpose_a = true});
         for (std::size_t r0 = 0; r0 < T; r0 += detail::attention_block) {
             const std::size_t r1 = std::min(T, r0 + detail::attention_block);
             const auto dsb = ds.rows(0, r1 - r0);
-            gemm(inner, dattended.rows(r0, r1), values, dsb, {.transpose_b = true}); // dP
+            gemm(inner, matrix_view<const float>(dattended.rows(r0, r1)), matrix_view<const float>(values), dsb,
+                 {.transpose_b = true}); // dP
             for (std::size_t t = r0; t < r1; ++t) {
                 const std::size_t visible = t + 1;
                 const float* pr = p.data() + t * T;
@@ -177,8 +232,9 @@ void causal_attention_backward(const E& ex, matrix_view<const float> q, matrix_v
                     dr[c] = pr[c] * (dr[c] - dot);
                 std::fill(dr + visible, dr + T, 0.f);
             }
-            gemm(inner, dsb, keys, dquery.rows(r0, r1), {.alpha = scale});
-            gemm(inner, dsb, query.rows(r0, r1), dkeys,
+            gemm(inner, matrix_view<const float>(dsb), matrix_view<const float>(keys), dquery.rows(r0, r1),
+                 {.alpha = scale});
+            gemm(inner, matrix_view<const float>(dsb), matrix_view<const float>(query.rows(r0, r1)), dkeys,
                  {.transpose_a = true, .alpha = scale, .beta = r0 == 0 ? 0.f : 1.f});
         }
         detail::scatter_columns(dquery.data(), T, hd, dq.data(), dq.extent(1), h * hd);

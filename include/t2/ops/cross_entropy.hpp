@@ -153,10 +153,17 @@ double cross_entropy_rows(const E& ex, matrix_view<const float> logits,
     const std::size_t T = logits.extent(0), V = logits.extent(1);
     const bool gradient = !dlogits.empty();
     const bool accumulate = mode == gradient_mode::accumulate;
-    std::vector<double> row_loss(T);
+    // Per-thread buffers that only grow (as gemm's packing buffers): a training loop's
+    // second step allocates nothing here. The caller's thread holds the row losses, which
+    // are summed in row order so that every thread count gives the same bits.
+    thread_local std::vector<double> callers_row_losses;
+    callers_row_losses.resize(std::max(callers_row_losses.size(), T));
+    std::vector<double>& row_loss = callers_row_losses; // not the workers' own
     for_row_ranges(ex, T, V, compute_grain, [&](std::size_t r0, std::size_t r1) {
         // Accumulating needs the exponentials apart from dlogits: one row of scratch.
-        std::vector<float> scratch(gradient && accumulate ? V : 0);
+        thread_local std::vector<float> scratch;
+        if (gradient && accumulate && scratch.size() < V)
+            scratch.resize(V);
         for (std::size_t t = r0; t < r1; ++t) {
             const double w = weights.empty() ? 1.0 : weights[t];
             const float* x = logits.data() + t * V;
@@ -185,8 +192,8 @@ double cross_entropy_rows(const E& ex, matrix_view<const float> logits,
         }
     });
     double total = 0;
-    for (double l : row_loss)
-        total += l;
+    for (std::size_t t = 0; t < T; ++t)
+        total += row_loss[t];
     return total / divisor;
 }
 

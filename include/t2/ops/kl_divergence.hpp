@@ -72,10 +72,17 @@ double kl_divergence(const E& ex, matrix_view<const float> base_logits,
                  "; weights must be finite (0 leaves the position out)");
 
     const bool forward_kl = direction == kl_direction::base_to_adapted;
-    std::vector<double> row_loss(T);
+    // Per-thread buffers that only grow, as in cross_entropy: no allocation after the first
+    // call of a shape. The row losses live on the caller's thread and are summed in order.
+    thread_local std::vector<double> callers_row_losses;
+    callers_row_losses.resize(std::max(callers_row_losses.size(), T));
+    std::vector<double>& row_loss = callers_row_losses; // not the workers' own
     detail::for_row_ranges(ex, T, V, detail::compute_grain, [&](std::size_t r0, std::size_t r1) {
         // The rows' exponentials, exp(x − max), one row of each.
-        std::vector<float> ep(V), eq(V);
+        thread_local std::vector<float> exponentials;
+        exponentials.resize(std::max(exponentials.size(), 2 * V));
+        float* ep = exponentials.data();
+        float* eq = exponentials.data() + V;
         for (std::size_t t = r0; t < r1; ++t) {
             const double w = weights.empty() ? 1.0 : weights[t];
             row_loss[t] = 0;
@@ -83,8 +90,8 @@ double kl_divergence(const E& ex, matrix_view<const float> base_logits,
                 continue;
             const float* b = base_logits.data() + t * V;
             const float* a = logits.data() + t * V;
-            const auto sp = detail::exp_sum(ex, b, ep.data(), V);
-            const auto sq = detail::exp_sum(ex, a, eq.data(), V);
+            const auto sp = detail::exp_sum(ex, b, ep, V);
+            const auto sq = detail::exp_sum(ex, a, eq, V);
             // d_v = log q_v − log p_v = (a_v − b_v) − shift.
             const double shift = (static_cast<double>(sq.max) + std::log(sq.sum)) -
                                  (static_cast<double>(sp.max) + std::log(sp.sum));
@@ -110,8 +117,8 @@ double kl_divergence(const E& ex, matrix_view<const float> base_logits,
         }
     });
     double total = 0;
-    for (double l : row_loss)
-        total += l;
+    for (std::size_t t = 0; t < T; ++t)
+        total += row_loss[t];
     return total / divisor;
 }
 

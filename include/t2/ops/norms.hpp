@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "t2/core/tensor.hpp"
@@ -212,11 +213,12 @@ void layernorm(const E& ex, vector_view<const float> x, vector_view<const float>
 //                                                over calls (an empty dweight skips it:
 //                                                a frozen weight)
 // dx may be x or dy (in place). dweight is summed column by column over the rows in
-// order, so every executor and thread count gives the same bits.
+// order, so every executor and thread count gives the same bits. `scratch` (rows floats, for
+// r) may come from the caller; without it the call allocates its own.
 template <exec::cpu_executor E>
 void rmsnorm_backward(const E& ex, matrix_view<const float> x, vector_view<const float> weight,
                       matrix_view<const float> dy, matrix_view<float> dx,
-                      vector_view<float> dweight, float eps = 1e-5f) {
+                      vector_view<float> dweight, float eps = 1e-5f, std::span<float> scratch = {}) {
     constexpr const char* op = "rmsnorm_backward";
     const std::size_t rows = x.extent(0), d = x.extent(1);
     detail::check_same_shape(op, "x", x, "dy", dy);
@@ -235,7 +237,12 @@ void rmsnorm_backward(const E& ex, matrix_view<const float> x, vector_view<const
 
     const float* xp = x.data();
     const float* dyp = dy.data();
-    std::vector<float> rstd(rows);
+    std::vector<float> own;
+    if (scratch.size() < rows) {
+        own.resize(rows);
+        scratch = own;
+    }
+    float* rstd = scratch.data();
     detail::for_row_ranges(ex, rows, d, detail::stream_grain, [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
             float ss = 0.f;
