@@ -18,11 +18,11 @@ struct shape {
     std::size_t heads, kv_heads, head_dim;
 };
 
-// One sequence's keys and values as a cache holds them: [KV × capacity × hd].
+// One sequence's keys and values as a cache holds them: [KV × hd × capacity].
 struct cache {
     t2::tensor<float, t2::dims<3>> keys, values;
     cache(std::size_t kv, std::size_t capacity, std::size_t hd)
-        : keys(t2::dims<3>(kv, capacity, hd)), values(t2::dims<3>(kv, capacity, hd)) {}
+        : keys(t2::dims<3>(kv, hd, capacity)), values(t2::dims<3>(kv, hd, capacity)) {}
 };
 
 // Runs the T rows of each sequence through cached_attention in pieces of `piece` rows per

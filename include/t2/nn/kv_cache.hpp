@@ -1,9 +1,10 @@
 #pragma once
 // The key/value cache of a decoder: for every layer and KV head, the keys and values of
-// every position seen so far, each head's positions contiguous so that attention reads
-// them as ordinary row-major matrices (ops::cached_attention reads one layer at a time).
+// every position seen so far, transposed — each head's d-th components of all positions
+// contiguous — so that decoding attention runs full-width vector operations along the
+// positions whatever the head size (ops::cached_attention reads one layer at a time).
 //
-//   keys, values: [n_layers × n_kv_heads × seq_len × head_dim]
+//   keys, values: [n_layers × n_kv_heads × head_dim × capacity]
 #include <array>
 #include <cstddef>
 #include <new>
@@ -22,7 +23,7 @@ public:
     kv_cache(const C& c, std::size_t capacity) {
         T2_CHECK(capacity > 0 && capacity <= c.seq_len, "kv_cache: capacity ", capacity,
                  " must be between 1 and the model's context of ", c.seq_len);
-        const std::array<std::size_t, 4> shape{c.n_layers, c.n_kv_heads, capacity, head_dim(c)};
+        const std::array<std::size_t, 4> shape{c.n_layers, c.n_kv_heads, head_dim(c), capacity};
         const std::size_t bytes = 2 * t2::detail::checked_product(shape) * sizeof(float);
         try {
             keys_ = tensor<float, dims<4>>(dims<4>(shape));
@@ -33,10 +34,10 @@ public:
         }
     }
 
-    std::size_t capacity() const noexcept { return keys_.extent(2); }
+    std::size_t capacity() const noexcept { return keys_.extent(3); }
     std::size_t layers() const noexcept { return keys_.extent(0); }
 
-    // One layer's keys or values: [n_kv_heads × capacity × head_dim].
+    // One layer's keys or values: [n_kv_heads × head_dim × capacity].
     tensor_view<float, dims<3>> layer_keys(std::size_t layer) { return keys_.row(layer); }
     tensor_view<float, dims<3>> layer_values(std::size_t layer) { return values_.row(layer); }
 
