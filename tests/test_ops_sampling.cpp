@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "support/check.hpp"
+#include "t2/core/rng.hpp"
 #include "t2/ops/sampling.hpp"
 
 namespace {
@@ -84,6 +85,33 @@ TEST_CASE("argmax: first index on ties, NaN never wins, empty throws") {
     CHECK(t2::ops::argmax(std::vector<float>{0.f, 3.f, nan_f, 3.f, nan_f}) == 1);
     CHECK(t2::ops::argmax(std::vector<float>{nan_f, -inf_f}) == 1);
     CHECK_THROWS_AS(t2::ops::argmax(std::span<const float>{}), t2::error);
+}
+
+TEST_CASE("argmax: the two-pass scan equals a one-pass reference on every length and mixture") {
+    // The reference: keep the first strictly larger value; a NaN held is always replaced.
+    const auto reference = [](const std::vector<float>& x) {
+        std::size_t best = 0;
+        for (std::size_t i = 1; i < x.size(); ++i)
+            if (x[i] > x[best] || std::isnan(x[best]))
+                best = i;
+        return static_cast<std::int32_t>(best);
+    };
+    t2::philox rng(11);
+    std::uint64_t draw = 0;
+    for (std::size_t n = 1; n <= 70; ++n)
+        for (int trial = 0; trial < 20; ++trial) {
+            std::vector<float> x(n);
+            for (float& v : x) {
+                const float u = rng.uniform(draw++);
+                // Few distinct values (ties), NaN and −∞ now and then.
+                v = u < 0.1f ? nan_f : u < 0.15f ? -inf_f : std::floor(rng.uniform(draw++) * 6.f);
+            }
+            CAPTURE(n);
+            CAPTURE(trial);
+            CHECK(t2::ops::argmax(x) == reference(x));
+        }
+    const std::vector<float> all_nan(13, nan_f);
+    CHECK(t2::ops::argmax(all_nan) == reference(all_nan));
 }
 
 TEST_CASE("sampler: temperature 0 is argmax") {
