@@ -654,16 +654,21 @@ TEST_CASE("svf and lora: rows in groups with different states are each group run
         policy.forward(ex, x.view(), got.view(), std::span<const t2::nn::adapter_rows<state_type>>(rows), scratch);
     };
 
-    using shape = std::tuple<std::size_t, std::size_t>;
-    SUBCASE("svf") {
-        for (const auto& sh : {shape{13, 11}, shape{37, 29}, shape{9, 23}}) {
-            const auto [out, in] = sh;
-            const int rows = int(out), cols = int(in);
-            CAPTURE(rows);
-            CAPTURE(cols);
+    // Each shape's weight and input, with room for both results.
+    const auto for_each_shape = [&](auto&& body) {
+        for (const auto& shape : {std::pair<std::size_t, std::size_t>{13, 11}, {37, 29}, {9, 23}}) {
+            const std::size_t out = shape.first, in = shape.second; // not a structured binding: CAPTURE's lambda
+            CAPTURE(out);
+            CAPTURE(in);
             const matrix<float> w = t2_test::random_matrix(out, in, 40 + out);
             const matrix<float> x = t2_test::random_matrix(T, in, 41 + in);
             matrix<float> got(T, out), want(T, out);
+            body(out, in, w, x, got, want);
+        }
+    };
+    SUBCASE("svf") {
+        for_each_shape([&](std::size_t out, std::size_t in, const matrix<float>& w, const matrix<float>& x,
+                           matrix<float>& got, matrix<float>& want) {
             const auto f = factors_of(w);
             const std::size_t r = f.rank();
             const t2::adapt::svf factored_only(f), with_base(t2::nn::dense<float>(matrix<float>(w)), f);
@@ -708,18 +713,12 @@ TEST_CASE("svf and lora: rows in groups with different states are each group run
                 policy->forward(t2::exec::simd<>{}, x.view(), all_a.view(), std::span(&one, 1), one_scratch);
                 CHECK_FALSE(t2_test::compare_within(all_a.span(), want.span(), t2_test::scaled_bounds(bound, 1.0)).ok);
             }
-        }
+        });
     }
 
     SUBCASE("lora") {
-        for (const auto& sh : {shape{13, 11}, shape{37, 29}, shape{9, 23}}) {
-            const auto [out, in] = sh;
-            const int rows = int(out), cols = int(in);
-            CAPTURE(rows);
-            CAPTURE(cols);
-            const matrix<float> w = t2_test::random_matrix(out, in, 40 + out);
-            const matrix<float> x = t2_test::random_matrix(T, in, 41 + in);
-            matrix<float> got(T, out), want(T, out);
+        for_each_shape([&](std::size_t out, std::size_t in, const matrix<float>& w, const matrix<float>& x,
+                           matrix<float>& got, matrix<float>& want) {
             const t2::adapt::lora policy{t2::nn::dense<float>(matrix<float>(w))};
             const lora_matrix a(3, 6.f, out, in, 45), b(5, 5.f, out, in, 46), c(2, 1.f, out, in, 47);
             const t2::adapt::lora_state inactive;
@@ -747,7 +746,7 @@ TEST_CASE("svf and lora: rows in groups with different states are each group run
             matrix<float> base(T, out);
             policy.forward(t2::exec::simd<>{}, x.view(), base.view());
             CHECK_FALSE(t2_test::compare_within(base.span(), want.span(), t2_test::scaled_bounds(bound, 1.0)).ok);
-        }
+        });
     }
 
     SUBCASE("groups that miss rows, overlap or run out of order are refused") {

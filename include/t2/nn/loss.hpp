@@ -140,9 +140,8 @@ struct reinforce {
             return 0.f;
         // One weight per row: its sequence's reward times its mask (signed_cross_entropy
         // refuses a non-finite one, naming the row).
-        thread_local std::vector<float> row_weights; // grown, never shrunk: no allocation per step
-        row_weights.resize(std::max(row_weights.size(), R));
-        const std::span<float> weights(row_weights.data(), R);
+        struct row_weights;
+        const std::span<float> weights = ops::detail::thread_buffer<row_weights, float>(R); // no allocation per step
         for (std::size_t b = 0; b < B; ++b) {
             T2_CHECK(std::isfinite(rewards[b]), loss, ": reward ", rewards[b], " of sequence ", b,
                      "; rewards must be finite");

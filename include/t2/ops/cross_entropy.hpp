@@ -153,17 +153,15 @@ double cross_entropy_rows(const E& ex, matrix_view<const float> logits,
     const std::size_t T = logits.extent(0), V = logits.extent(1);
     const bool gradient = !dlogits.empty();
     const bool accumulate = mode == gradient_mode::accumulate;
-    // Per-thread buffers that only grow (as gemm's packing buffers): a training loop's
-    // second step allocates nothing here. The caller's thread holds the row losses, which
-    // are summed in row order so that every thread count gives the same bits.
-    thread_local std::vector<double> callers_row_losses;
-    callers_row_losses.resize(std::max(callers_row_losses.size(), T));
-    std::vector<double>& row_loss = callers_row_losses; // not the workers' own
+    // Per-thread buffers (thread_buffer): a training loop's second step allocates nothing
+    // here. The calling thread holds the row losses, which are summed in row order so that
+    // every thread count gives the same bits.
+    struct row_losses;
+    struct exponentials;
+    const std::span<double> row_loss = thread_buffer<row_losses, double>(T);
     for_row_ranges(ex, T, V, compute_grain, [&](std::size_t r0, std::size_t r1) {
         // Accumulating needs the exponentials apart from dlogits: one row of scratch.
-        thread_local std::vector<float> scratch;
-        if (gradient && accumulate && scratch.size() < V)
-            scratch.resize(V);
+        const std::span<float> scratch = thread_buffer<exponentials, float>(gradient && accumulate ? V : 0);
         for (std::size_t t = r0; t < r1; ++t) {
             const double w = weights.empty() ? 1.0 : weights[t];
             const float* x = logits.data() + t * V;

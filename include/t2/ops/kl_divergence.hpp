@@ -72,17 +72,15 @@ double kl_divergence(const E& ex, matrix_view<const float> base_logits,
                  "; weights must be finite (0 leaves the position out)");
 
     const bool forward_kl = direction == kl_direction::base_to_adapted;
-    // Per-thread buffers that only grow, as in cross_entropy: no allocation after the first
-    // call of a shape. The row losses live on the caller's thread and are summed in order.
-    thread_local std::vector<double> callers_row_losses;
-    callers_row_losses.resize(std::max(callers_row_losses.size(), T));
-    std::vector<double>& row_loss = callers_row_losses; // not the workers' own
+    // Per-thread buffers (detail::thread_buffer): no allocation after the first call of a
+    // shape. The row losses live on the calling thread and are summed in order.
+    struct row_losses;
+    struct exponentials;
+    const std::span<double> row_loss = detail::thread_buffer<row_losses, double>(T);
     detail::for_row_ranges(ex, T, V, detail::compute_grain, [&](std::size_t r0, std::size_t r1) {
         // The rows' exponentials, exp(x − max), one row of each.
-        thread_local std::vector<float> exponentials;
-        exponentials.resize(std::max(exponentials.size(), 2 * V));
-        float* ep = exponentials.data();
-        float* eq = exponentials.data() + V;
+        float* ep = detail::thread_buffer<exponentials, float>(2 * V).data();
+        float* eq = ep + V;
         for (std::size_t t = r0; t < r1; ++t) {
             const double w = weights.empty() ? 1.0 : weights[t];
             row_loss[t] = 0;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "t2/core/error.hpp"
@@ -14,6 +15,20 @@
 
 T2_NAMESPACE_BEGIN
 namespace ops::detail {
+
+// ---- per-thread scratch ------------------------------------------------------------------
+
+// n elements of this thread's buffer for Use (a tag type naming the one place that holds
+// it), grown and never shrunk, so that a kernel called again with sizes it has seen
+// allocates nothing (as gemm's packing buffers). A span taken on the calling thread and
+// captured into a parallel body stays the calling thread's.
+template <class Use, class T>
+std::span<T> thread_buffer(std::size_t n) {
+    thread_local std::vector<T> buffer;
+    if (buffer.size() < n)
+        buffer.resize(n);
+    return {buffer.data(), n};
+}
 
 // ---- checks ---------------------------------------------------------------------------
 
