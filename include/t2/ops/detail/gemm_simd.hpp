@@ -202,11 +202,23 @@ template <std::size_t MR>
 struct packed_panel {
     const float* T2_RESTRICT p;
     T2_ALWAYS_INLINE float operator()(std::size_t kk, std::size_t r) const { return p[kk * MR + r]; }
+    T2_ALWAYS_INLINE void prefetch(std::size_t) const {}
 };
+// `next` are the rows the following tile will read. Each tile reads its MR rows as MR
+// interleaved streams of a few cache lines each, too short for the hardware prefetcher to
+// ramp up on: W, streamed from memory once per decoding step, arrived at a third of the
+// bandwidth a single row (gemv) reaches. So while one tile computes, it fetches the next
+// tile's lines at the same k offset.
 template <std::size_t MR>
 struct row_pointers {
     const float* rows[MR];
+    const float* next[MR];
     T2_ALWAYS_INLINE float operator()(std::size_t kk, std::size_t r) const { return rows[r][kk]; }
+    T2_ALWAYS_INLINE void prefetch(std::size_t kk) const {
+#pragma GCC unroll 16
+        for (std::size_t r = 0; r < MR; ++r)
+            __builtin_prefetch(next[r] + kk);
+    }
 };
 
 // A tile T (m ≤ MR rows, n ≤ NR columns) = Σ_kk a(kk, r) · Bp[kk, j] over kc, where Bp is a
@@ -237,23 +249,28 @@ T2_ALWAYS_INLINE void micro_kernel(std::size_t kc, const ASource& a, const float
         for (std::size_t v = 0; v < NV; ++v)
             acc[r][v] = batch(0.f);
     // Named B vectors rather than an array: GCC keeps them in registers then.
-    if constexpr (NV == 2) {
-        for (std::size_t kk = 0; kk < kc; ++kk) {
-            const batch b0 = batch::load_aligned(bp + kk * NR);
-            const batch b1 = batch::load_aligned(bp + kk * NR + L);
+    constexpr std::size_t line = 64 / sizeof(float);
+    for (std::size_t k1 = 0; k1 < kc; k1 += line) {
+        a.prefetch(k1);
+        const std::size_t k_end = std::min(kc, k1 + line);
+        if constexpr (NV == 2) {
+            for (std::size_t kk = k1; kk < k_end; ++kk) {
+                const batch b0 = batch::load_aligned(bp + kk * NR);
+                const batch b1 = batch::load_aligned(bp + kk * NR + L);
 #pragma GCC unroll 16
-            for (std::size_t r = 0; r < MR; ++r) {
-                const batch ar(a(kk, r));
-                acc[r][0] = xsimd::fma(ar, b0, acc[r][0]);
-                acc[r][1] = xsimd::fma(ar, b1, acc[r][1]);
+                for (std::size_t r = 0; r < MR; ++r) {
+                    const batch ar(a(kk, r));
+                    acc[r][0] = xsimd::fma(ar, b0, acc[r][0]);
+                    acc[r][1] = xsimd::fma(ar, b1, acc[r][1]);
+                }
             }
-        }
-    } else {
-        for (std::size_t kk = 0; kk < kc; ++kk) {
-            const batch b0 = batch::load_aligned(bp + kk * NR);
+        } else {
+            for (std::size_t kk = k1; kk < k_end; ++kk) {
+                const batch b0 = batch::load_aligned(bp + kk * NR);
 #pragma GCC unroll 16
-            for (std::size_t r = 0; r < MR; ++r)
-                acc[r][0] = xsimd::fma(batch(a(kk, r)), b0, acc[r][0]);
+                for (std::size_t r = 0; r < MR; ++r)
+                    acc[r][0] = xsimd::fma(batch(a(kk, r)), b0, acc[r][0]);
+            }
         }
     }
 
@@ -383,8 +400,12 @@ void gemm_few_rows_tiles(const gemm_args<float>& g) {
         for (std::size_t j0 = 0; j0 < g.n; j0 += MR) {
             const std::size_t rows = std::min(MR, g.n - j0);
             row_pointers<MR> w;
-            for (std::size_t r = 0; r < MR; ++r) // rows past the end repeat the last one
+            const std::size_t next_j0 = j0 + MR < g.n ? j0 + MR : j0;
+            const std::size_t next_rows = std::min(MR, g.n - next_j0);
+            for (std::size_t r = 0; r < MR; ++r) { // rows past the end repeat the last one
                 w.rows[r] = g.b + (j0 + std::min(r, rows - 1)) * g.ldb + k0;
+                w.next[r] = g.b + (next_j0 + std::min(r, next_rows - 1)) * g.ldb + k0;
+            }
             micro_kernel<Arch, MR, NV, true>(kc, w, packed_at, g.c + j0, g.ldc, rows, g.m, g.alpha, beta);
         }
     }
