@@ -49,3 +49,10 @@
 #include "t2/adapt/selection.hpp"
 #include "t2/adapt/svd.hpp"
 #include "t2/adapt/svf.hpp"
+
+#include "t2/train/adapter_objective.hpp"
+#include "t2/train/estimators.hpp"
+#include "t2/train/objective.hpp"
+#include "t2/train/optimizers.hpp"
+#include "t2/train/search.hpp"
+#include "t2/train/trainer.hpp"

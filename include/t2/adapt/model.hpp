@@ -165,6 +165,19 @@ svf_adapter make_svf_adapter(const nn::llama<C, svf>& model, const svf_adapter_o
                        });
 }
 
+// Whether every adapted matrix of the adapter has a W' (svf::rescaling_defined): a forward
+// refuses an adapter for which one has not; a search scores such a candidate as the worst.
+template <nn::model_config C>
+bool rescaling_defined(const nn::llama<C, svf>& model, const svf_adapter& adapter) {
+    for (std::size_t l = 0; l < adapter.layers(); ++l)
+        for (std::size_t p = 0; p < nn::projections_per_block; ++p)
+            if (!nn::projection_of(model.weights().blocks[l], nn::all_projections[p])
+                     .weight()
+                     .rescaling_defined(adapter.matrix(l, p)))
+                return false;
+    return true;
+}
+
 // A mixture of the given experts on the decomposed matrices, α uniform (1/K).
 template <nn::model_config C>
 svf_adapter make_mixture_adapter(const nn::llama<C, svf>& model, const decomposition& d,

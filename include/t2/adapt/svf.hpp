@@ -128,6 +128,29 @@ public:
     explicit svf(svd_factors factors) : factors_(std::move(factors)) { check_factors(); }
 
     bool adapted() const noexcept { return factors_.rank() > 0; }
+
+    // Whether W' exists for state s: with rescaling Σ(σ⊙z) must be finite and non-zero (a
+    // mixture whose weights are all 0 has none). forward refuses a state for which it is not.
+    bool rescaling_defined(const state& s) const {
+        if (!adapted() || !s.active() || !s.rescale)
+            return true;
+        // z_j as svf_state::expert_vector rounds it, so that this agrees with forward's check.
+        const auto z = [&](std::size_t j) {
+            if (s.parametrization == svf_parametrization::z)
+                return s.parameters[j];
+            if (s.parametrization == svf_parametrization::sigmoid)
+                return 1.f / (1.f + std::exp(-s.parameters[j]));
+            float sum = 0.f;
+            for (std::size_t k = 0; k < s.experts.extent(0); ++k)
+                sum += s.parameters[k] * s.experts(k, j);
+            return sum;
+        };
+        double weighted = 0;
+        for (std::size_t j = 0; j < rank(); ++j)
+            weighted += double(factors_.sigma[j]) * z(j);
+        return weighted != 0.0 && std::isfinite(weighted);
+    }
+
     std::size_t rank() const noexcept { return factors_.rank(); }
     std::size_t in_features() const noexcept { return has_base() ? base_.in_features() : factors_.in_features(); }
     std::size_t out_features() const noexcept { return has_base() ? base_.out_features() : factors_.out_features(); }

@@ -1,0 +1,347 @@
+// Gradient estimators, training steps and searches (train/): on a quadratic whose gradient
+// is known, SPSA and ES point the way of the exact gradient as closely as their sample
+// counts allow, and every method lowers the loss within a fixed budget, reproducibly; a
+// run continued from its saved state ends where an uninterrupted one does; candidates that
+// cannot be evaluated never turn into NaN. On the real stories260K model, a population
+// scored in one batched pass gives each candidate the loss it has alone, and the estimators
+// train an SVF adapter.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "support/check.hpp"
+#include "support/tolerance.hpp"
+#include "t2/io/llama2c.hpp"
+#include "t2/train/adapter_objective.hpp"
+#include "t2/train/search.hpp"
+#include "t2/train/trainer.hpp"
+
+namespace {
+
+// L(θ) = ½ Σ_j a_j (θ_j − t_j)², a_j ∈ [0.5, 2]: gradient a ⊙ (θ − t), minimum 0 at t.
+// Candidates whose first coordinate is below `forbidden_below` cannot be evaluated (+∞).
+struct quadratic {
+    std::vector<float> curvature, target;
+    float forbidden_below = -std::numeric_limits<float>::infinity();
+    std::size_t evaluations = 0;
+
+    quadratic(std::size_t n, std::uint64_t seed, float lo = -1.f, float hi = 1.f) : curvature(n), target(n) {
+        t2_test::fill_uniform(curvature, seed, 0.5f, 2.f);
+        t2_test::fill_uniform(target, seed + 1, lo, hi);
+    }
+    std::size_t parameter_count() const { return target.size(); }
+    float value(std::span<const float> theta) const {
+        if (theta[0] < forbidden_below)
+            return std::numeric_limits<float>::infinity();
+        double sum = 0;
+        for (std::size_t j = 0; j < target.size(); ++j)
+            sum += 0.5 * curvature[j] * (double(theta[j]) - target[j]) * (double(theta[j]) - target[j]);
+        return static_cast<float>(sum);
+    }
+    void losses(std::span<const float> candidates, std::span<float> out) {
+        const std::size_t n = parameter_count();
+        REQUIRE(candidates.size() == out.size() * n);
+        for (std::size_t p = 0; p < out.size(); ++p)
+            out[p] = value(candidates.subspan(p * n, n));
+        evaluations += out.size();
+    }
+    float value_and_gradient(std::span<const float> theta, std::span<float> gradient) {
+        for (std::size_t j = 0; j < target.size(); ++j)
+            gradient[j] = curvature[j] * (theta[j] - target[j]);
+        return value(theta);
+    }
+};
+static_assert(t2::train::population_objective<quadratic> && t2::train::differentiable_objective<quadratic>);
+
+double cosine(std::span<const float> a, std::span<const float> b) {
+    double ab = 0, aa = 0, bb = 0;
+    for (std::size_t j = 0; j < a.size(); ++j) {
+        ab += double(a[j]) * b[j];
+        aa += double(a[j]) * a[j];
+        bb += double(b[j]) * b[j];
+    }
+    return ab / std::sqrt(aa * bb);
+}
+
+template <class Estimator>
+std::vector<float> estimate(Estimator estimator, quadratic& q, std::span<const float> theta, std::uint64_t step) {
+    std::vector<float> g(theta.size());
+    estimator.estimate(q, theta, std::span<float>(g), step);
+    return g;
+}
+
+} // namespace
+
+// With u ~ N(0, I_d) and a central difference (exact for a quadratic: (L₊ − L₋)/2ε = g·u),
+// SPSA's estimate is (1/S) Σ (g·u_i) u_i: its component along g concentrates at |g| and the
+// rest is noise of squared norm ≈ |g|²(d − 1)/S, so cos(ĝ, g) ≈ 1/√(1 + (d − 1)/S). ES's
+// weights are a monotone function of g·ε_i (the difference of the centred ranks of the two
+// members of a pair), whose correlation with g·ε_i is ρ ≈ √(3/π) for Gaussian g·ε (the rank
+// transform of a normal variable), so cos ≈ 1/√(1 + (d − 1)/(ρ²P)). Each check asks for
+// half the expected cosine: for these d, S and P the cosine's own spread (≈ (1 − cos²)/√S)
+// is a few hundredths, far from that margin, and a random direction gives ≈ 0 ± 1/√d.
+TEST_CASE("train: SPSA and ES point the way of the exact gradient as their sample counts predict") {
+    const std::size_t d = 40;
+    quadratic q(d, 11);
+    std::vector<float> theta(d);
+    t2_test::fill_uniform(theta, 112);
+    std::vector<float> exact_g = estimate(t2::train::exact{}, q, theta, 0);
+    for (const std::size_t S : {8, 64, 512}) {
+        CAPTURE(S);
+        const double expected = 1 / std::sqrt(1 + double(d - 1) / double(S));
+        const auto g = estimate(t2::train::spsa({.epsilon = 1e-2f, .samples = S, .seed = 3}), q, theta, 5);
+        CHECK(cosine(g, exact_g) > expected / 2);
+        const double rho2 = 3 / 3.141592653589793;
+        const auto g_es = estimate(t2::train::es({.sigma = 1e-2f, .pairs = S, .seed = 3}), q, theta, 5);
+        CHECK(cosine(g_es, exact_g) > (1 / std::sqrt(1 + double(d - 1) / (rho2 * double(S)))) / 2);
+    }
+    // More samples, closer: the estimates converge to the gradient's direction.
+    const auto few = estimate(t2::train::spsa({.samples = 4, .seed = 9}), q, theta, 0);
+    const auto many = estimate(t2::train::spsa({.samples = 4096, .seed = 9}), q, theta, 0);
+    CHECK(cosine(many, exact_g) > 0.99);
+    CHECK(cosine(many, exact_g) > cosine(few, exact_g));
+    // SPSA's magnitude is the gradient's (E[(g·u)u] = g), not only its direction.
+    double norm_many = 0, norm_exact = 0;
+    for (std::size_t j = 0; j < d; ++j) {
+        norm_many += double(many[j]) * many[j];
+        norm_exact += double(exact_g[j]) * exact_g[j];
+    }
+    CHECK(std::sqrt(norm_many / norm_exact) == doctest::Approx(1).epsilon(0.1));
+}
+
+TEST_CASE("train: every estimator and search lowers the loss within a fixed budget, the same way every run") {
+    const std::size_t d = 24;
+    const auto run_trainer = [&](auto estimator, std::size_t steps) {
+        quadratic q(d, 21);
+        std::vector<float> theta(d, 0.f);
+        const float before = q.value(theta);
+        t2::train::trainer t(std::move(estimator), t2::train::adam(d, {.lr = 0.05f}));
+        for (std::size_t i = 0; i < steps; ++i)
+            t.step(q, theta);
+        CHECK(q.value(theta) < 0.05f * before);
+        return theta;
+    };
+    const auto exact = run_trainer(t2::train::exact{}, 200);
+    const auto spsa = run_trainer(t2::train::spsa({.epsilon = 1e-2f, .samples = 8, .seed = 1}), 300);
+    const auto es = run_trainer(t2::train::es({.sigma = 2e-2f, .pairs = 8, .seed = 1}), 300);
+    // Seeded: a second run is the same bit for bit; another seed is another run.
+    CHECK(run_trainer(t2::train::spsa({.epsilon = 1e-2f, .samples = 8, .seed = 1}), 300) == spsa);
+    CHECK(run_trainer(t2::train::es({.sigma = 2e-2f, .pairs = 8, .seed = 1}), 300) == es);
+    CHECK(run_trainer(t2::train::spsa({.epsilon = 1e-2f, .samples = 8, .seed = 2}), 300) != spsa);
+
+    // Searches, over [0, 1]^d with the optimum inside.
+    const auto search = [&](auto method, std::size_t iterations) {
+        quadratic q(d, 31, 0.2f, 0.8f);
+        std::vector<float> origin(d, 0.f);
+        const float start = q.value(origin);
+        for (std::size_t i = 0; i < iterations; ++i)
+            method.iterate(q);
+        CHECK(method.iterations() == iterations);
+        CHECK(method.best_loss() == q.value(method.best()));
+        CHECK(std::all_of(method.best().begin(), method.best().end(), [](float x) { return x >= 0 && x <= 1; }));
+        return std::pair(method.best_loss() / start, std::vector<float>(method.best().begin(), method.best().end()));
+    };
+    const auto [cem_ratio, cem_best] = search(t2::train::cem(d, {.seed = 4}), 50);
+    const auto [shooting_ratio, shooting_best] = search(t2::train::random_shooting(d, {.seed = 4}), 50);
+    CHECK(cem_ratio < 0.05);
+    CHECK(shooting_ratio < 0.5);
+    CHECK(cem_ratio < shooting_ratio); // CEM's adaptive distribution beats blind sampling
+    CHECK(search(t2::train::cem(d, {.seed = 4}), 50).second == cem_best);
+}
+
+TEST_CASE("train: a run continued from its saved state ends where an uninterrupted one does") {
+    const std::size_t d = 17;
+    quadratic q(d, 41);
+    const auto make = [&] {
+        return t2::train::trainer(t2::train::spsa({.samples = 3, .seed = 8}), t2::train::adam(d, {.lr = 0.02f}),
+                                  {.clip = 5.f});
+    };
+    std::vector<float> straight(d, 0.f), resumed(d, 0.f);
+    auto a = make();
+    for (int i = 0; i < 20; ++i)
+        a.step(q, straight);
+
+    auto first = make();
+    for (int i = 0; i < 9; ++i)
+        first.step(q, resumed);
+    // What a checkpoint keeps: the parameters, the optimizer's state and its step count.
+    const std::vector<float> saved_state(first.optimizer().state().begin(), first.optimizer().state().end());
+    const std::size_t saved_steps = first.steps();
+    auto second = make();
+    std::copy(saved_state.begin(), saved_state.end(), second.optimizer().state().begin());
+    second.optimizer().set_steps(saved_steps);
+    for (int i = 0; i < 11; ++i)
+        second.step(q, resumed);
+    CHECK(resumed == straight);
+}
+
+TEST_CASE("train: candidates that cannot be evaluated are the worst, never a NaN") {
+    const std::size_t d = 6;
+    quadratic q(d, 51);
+    // θ₀ one perturbation scale above the forbidden region: a pair with |u₀| > 1 (a third of
+    // them) has a member there.
+    std::vector<float> theta(d, 0.f);
+    q.forbidden_below = 0.f;
+    theta[0] = 0.02f;
+    std::vector<float> g(d);
+    const float spsa_loss =
+        t2::train::spsa({.epsilon = 0.02f, .samples = 16, .seed = 2}).estimate(q, theta, std::span<float>(g), 0);
+    CHECK(std::isfinite(spsa_loss));
+    CHECK(std::all_of(g.begin(), g.end(), [](float x) { return std::isfinite(x); }));
+    const float es_loss = t2::train::es({.sigma = 0.02f, .pairs = 8, .seed = 2}).estimate(q, theta, std::span<float>(g), 0);
+    CHECK(std::isfinite(es_loss));
+    CHECK(std::all_of(g.begin(), g.end(), [](float x) { return std::isfinite(x); }));
+    t2::train::cem search(d, {.lo = -1.f, .hi = 1.f, .seed = 2});
+    for (int i = 0; i < 5; ++i)
+        search.iterate(q);
+    CHECK(search.best()[0] >= 0.f);
+    CHECK(std::isfinite(search.best_loss()));
+    // Nothing evaluable: SPSA has no slope to report.
+    q.forbidden_below = 10.f;
+    CHECK(t2_test::contains(t2_test::error_message([&] {
+        t2::train::spsa({.samples = 2}).estimate(q, theta, std::span<float>(g), 0);
+    }), "no perturbation"));
+
+    // Ranks: ties share their mean, non-finite last.
+    const std::vector<float> losses{3.f, 1.f, NAN, 1.f, INFINITY};
+    const auto ranks = t2::train::detail::centred_ranks(losses);
+    CHECK(ranks == std::vector<float>{0.f, -0.375f, 0.375f, -0.375f, 0.375f});
+}
+
+TEST_CASE("train: bad options and mismatched spans are errors") {
+    quadratic q(4, 61);
+    std::vector<float> theta(4), g(3);
+    CHECK_THROWS_AS(t2::train::spsa({.epsilon = 0.f}), t2::error);
+    CHECK_THROWS_AS(t2::train::spsa({.samples = 0}), t2::error);
+    CHECK_THROWS_AS(t2::train::es({.sigma = -1.f}), t2::error);
+    CHECK_THROWS_AS(t2::train::cem(4, {.elites = 1}), t2::error);
+    CHECK_THROWS_AS(t2::train::cem(4, {.population = 4, .elites = 5}), t2::error);
+    CHECK_THROWS_AS(t2::train::random_shooting(4, {.lo = 1.f, .hi = 0.f}), t2::error);
+    CHECK(t2_test::contains(t2_test::error_message([&] {
+        t2::train::spsa().estimate(q, theta, std::span<float>(g), 0);
+    }), "a gradient of 3"));
+    t2::train::trainer t(t2::train::exact{}, t2::train::sgd(4));
+    std::vector<float> five(5);
+    CHECK_THROWS_AS(t.step(q, five), t2::error);
+}
+
+namespace {
+
+struct stories {
+    t2::nn::llama_config config;
+    t2::nn::llama_weights<t2::nn::dense<float>> weights;
+    t2::adapt::decomposition decomposition;
+};
+
+const stories& load() {
+    static const stories s = [] {
+        auto ck = t2::io::read_llama2c(std::string(T2_SHARED_MODELS_DIR) + "/stories260K.bin");
+        auto d = t2::adapt::decompose(t2::exec::scalar{}, ck.config, ck.weights, t2::adapt::selection::all());
+        return stories{ck.config, std::move(ck.weights), std::move(d)};
+    }();
+    return s;
+}
+
+std::vector<std::vector<std::int32_t>> sequences(std::size_t vocab) {
+    return {t2_test::random_tokens(9, vocab, 1), t2_test::random_tokens(14, vocab, 2),
+            t2_test::random_tokens(5, vocab, 3)};
+}
+
+} // namespace
+
+TEST_CASE("train: a population scored in one batched pass gives each candidate the loss it has alone") {
+    const stories& s = load();
+    const auto model = t2::adapt::make_svf_model(s.config, s.weights, s.decomposition);
+    const auto tokens = sequences(s.config.vocab_size);
+    const std::vector<std::span<const std::int32_t>> spans(tokens.begin(), tokens.end());
+    const t2::nn::training_batch batch(spans);
+    t2::exec::thread_pool pool(2);
+    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    const t2::adapt::svf_adapter_options options{.rescale = true};
+    auto adapter = t2::adapt::make_svf_adapter(model, options);
+    const std::size_t n = adapter.parameters().size();
+
+    // Five candidates, the third with one matrix's z all zero: rescaling undefined.
+    const std::size_t P = 5;
+    std::vector<float> candidates(P * n);
+    t2_test::fill_uniform(candidates, 70, 0.5f, 1.5f);
+    const auto first_matrix = adapter.layout()[0];
+    std::fill_n(candidates.begin() + 2 * n + first_matrix.offset, first_matrix.size, 0.f);
+
+    // Other row counts pick other gemm kernels and x·V runs over other rows: the logits
+    // differ within the derived order bound (with the rank-r factored product on the chain),
+    // and a mean cross-entropy by at most twice its largest element.
+    const t2::nn::llama<t2::nn::llama_config> dense(s.config, s.weights);
+    const auto logit_bound = t2_test::logit_order_tolerance(dense, 14, 2 * s.config.hidden_dim);
+    const double loss_bound = 2 * double(*std::max_element(logit_bound.begin(), logit_bound.end()));
+
+    for (const std::size_t max_rows : {std::size_t{4096}, batch.rows(), 2 * batch.rows() + 1}) {
+        CAPTURE(max_rows); // one forward, one per candidate, two per forward
+        t2::train::adapter_objective objective(ex, model, adapter, batch, t2::nn::next_token_cross_entropy{},
+                                               [&] { return t2::adapt::make_svf_adapter(model, options); },
+                                               {.max_rows = max_rows});
+        std::vector<float> losses(P);
+        objective.losses(candidates, losses);
+        for (std::size_t c = 0; c < P; ++c) {
+            CAPTURE(c);
+            if (c == 2) {
+                CHECK(losses[c] == std::numeric_limits<float>::infinity());
+                continue;
+            }
+            auto alone = t2::adapt::make_svf_adapter(model, options);
+            std::copy_n(candidates.begin() + c * n, n, alone.parameters().begin());
+            const float want = t2::nn::batch_loss(ex, model, batch, t2::nn::next_token_cross_entropy{}, &alone);
+            T2_CHECK_WITHIN(double(losses[c]), double(want), loss_bound);
+        }
+        CHECK(losses[0] != losses[1]);
+    }
+    // The exact objective is forward_backward's loss and gradient.
+    t2::train::adapter_objective objective(ex, model, adapter, batch, t2::nn::next_token_cross_entropy{},
+                                           [&] { return t2::adapt::make_svf_adapter(model, options); });
+    std::vector<float> theta(candidates.begin(), candidates.begin() + n), g(n);
+    const float loss = objective.value_and_gradient(theta, g);
+    auto reference = t2::adapt::make_svf_adapter(model, options);
+    std::copy(theta.begin(), theta.end(), reference.parameters().begin());
+    CHECK(t2::nn::forward_backward(ex, model, reference, batch, t2::nn::next_token_cross_entropy{}) == loss);
+    CHECK(std::equal(g.begin(), g.end(), reference.gradient().begin()));
+    // A pool adapter of another layout is refused.
+    t2::train::adapter_objective wrong(ex, model, adapter, batch, t2::nn::next_token_cross_entropy{}, [&] {
+        return t2::adapt::make_mixture_adapter(model, s.decomposition, std::vector<t2::adapt::expert>{}, {});
+    });
+    std::vector<float> one(1);
+    CHECK_THROWS_AS(wrong.losses(std::span<const float>(candidates).first(n), one), t2::error);
+}
+
+TEST_CASE("train: exact, SPSA and ES steps train an SVF adapter of stories260K") {
+    const stories& s = load();
+    const auto model = t2::adapt::make_svf_model(s.config, s.weights, s.decomposition);
+    const auto tokens = sequences(s.config.vocab_size);
+    const std::vector<std::span<const std::int32_t>> spans(tokens.begin(), tokens.end());
+    const t2::nn::training_batch batch(spans);
+    t2::exec::thread_pool pool(2);
+    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    const t2::adapt::svf_adapter_options options{.parametrization = t2::adapt::svf_parametrization::sigmoid,
+                                                 .rescale = true, .seed = 5};
+
+    const auto train = [&](auto estimator, float lr, std::size_t steps) {
+        auto adapter = t2::adapt::make_svf_adapter(model, options);
+        t2::train::adapter_objective objective(ex, model, adapter, batch, t2::nn::next_token_cross_entropy{},
+                                               [&] { return t2::adapt::make_svf_adapter(model, options); });
+        const float before = t2::nn::batch_loss(ex, model, batch, t2::nn::next_token_cross_entropy{}, &adapter);
+        t2::train::trainer t(std::move(estimator), t2::train::adam(adapter.parameters().size(), {.lr = lr}));
+        for (std::size_t i = 0; i < steps; ++i)
+            t.step(objective, adapter.parameters());
+        const float after = t2::nn::batch_loss(ex, model, batch, t2::nn::next_token_cross_entropy{}, &adapter);
+        CAPTURE(before);
+        CHECK(after < before - 0.05f);
+        return after;
+    };
+    train(t2::train::exact{}, 0.05f, 10);
+    train(t2::train::spsa({.epsilon = 1e-2f, .samples = 8, .seed = 1}), 0.05f, 10);
+    train(t2::train::es({.sigma = 5e-2f, .pairs = 8, .seed = 1}), 0.05f, 10);
+}
