@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "support/check.hpp"
+#include "support/stories260k.hpp"
 #include "support/tolerance.hpp"
 #include "t2/adapt/model.hpp"
 #include "t2/io/llama2c.hpp"
@@ -22,20 +23,8 @@ const std::string models = T2_SHARED_MODELS_DIR;
 using dense_model = t2::nn::llama<t2::nn::llama_config>;
 using tokens_t = std::vector<std::int32_t>;
 
-struct stories {
-    t2::nn::llama_config config;
-    t2::nn::llama_weights<t2::nn::dense<float>> weights;
-    t2::adapt::decomposition decomposition;
-};
-
-const stories& load() {
-    static const stories s = [] {
-        auto ck = t2::io::read_llama2c(models + "/stories260K.bin");
-        auto d = t2::adapt::decompose(t2::exec::scalar{}, ck.config, ck.weights, t2::adapt::selection::all());
-        return stories{ck.config, std::move(ck.weights), std::move(d)};
-    }();
-    return s;
-}
+using stories = t2_test::decomposed_stories;
+const stories& load() { return t2_test::decomposed_stories260k(); }
 
 // An expert with z uniform in [lo, hi] for every decomposed matrix.
 t2::adapt::expert random_expert(const t2::adapt::decomposition& d, std::uint64_t seed, float lo, float hi) {

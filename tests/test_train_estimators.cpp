@@ -12,11 +12,12 @@
 #include <numeric>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "support/check.hpp"
+#include "support/stories260k.hpp"
 #include "support/tolerance.hpp"
-#include "t2/io/llama2c.hpp"
 #include "t2/train/adapter_objective.hpp"
 #include "t2/train/search.hpp"
 #include "t2/train/trainer.hpp"
@@ -232,36 +233,25 @@ TEST_CASE("train: bad options and mismatched spans are errors") {
 
 namespace {
 
-struct stories {
-    t2::nn::llama_config config;
-    t2::nn::llama_weights<t2::nn::dense<float>> weights;
-    t2::adapt::decomposition decomposition;
+// The SVF model of stories260K and a batch of three random sequences of unequal length.
+struct svf_stories {
+    const t2_test::decomposed_stories& s = t2_test::decomposed_stories260k();
+    const t2::nn::llama<t2::nn::llama_config, t2::adapt::svf> model =
+        t2::adapt::make_svf_model(s.config, s.weights, s.decomposition);
+    const std::vector<std::vector<std::int32_t>> tokens{t2_test::random_tokens(9, s.config.vocab_size, 1),
+                                                        t2_test::random_tokens(14, s.config.vocab_size, 2),
+                                                        t2_test::random_tokens(5, s.config.vocab_size, 3)};
+    const std::vector<std::span<const std::int32_t>> spans{tokens.begin(), tokens.end()};
+    const t2::nn::training_batch batch{spans};
+    t2::exec::thread_pool pool{2};
+    const t2::exec::threads<t2::exec::simd<>> ex{pool};
 };
-
-const stories& load() {
-    static const stories s = [] {
-        auto ck = t2::io::read_llama2c(std::string(T2_SHARED_MODELS_DIR) + "/stories260K.bin");
-        auto d = t2::adapt::decompose(t2::exec::scalar{}, ck.config, ck.weights, t2::adapt::selection::all());
-        return stories{ck.config, std::move(ck.weights), std::move(d)};
-    }();
-    return s;
-}
-
-std::vector<std::vector<std::int32_t>> sequences(std::size_t vocab) {
-    return {t2_test::random_tokens(9, vocab, 1), t2_test::random_tokens(14, vocab, 2),
-            t2_test::random_tokens(5, vocab, 3)};
-}
 
 } // namespace
 
 TEST_CASE("train: a population scored in one batched pass gives each candidate the loss it has alone") {
-    const stories& s = load();
-    const auto model = t2::adapt::make_svf_model(s.config, s.weights, s.decomposition);
-    const auto tokens = sequences(s.config.vocab_size);
-    const std::vector<std::span<const std::int32_t>> spans(tokens.begin(), tokens.end());
-    const t2::nn::training_batch batch(spans);
-    t2::exec::thread_pool pool(2);
-    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    const svf_stories fixture;
+    const auto& [s, model, batch, ex] = std::tie(fixture.s, fixture.model, fixture.batch, fixture.ex);
     const t2::adapt::svf_adapter_options options{.rescale = true};
     auto adapter = t2::adapt::make_svf_adapter(model, options);
     const std::size_t n = adapter.parameters().size();
@@ -318,13 +308,8 @@ TEST_CASE("train: a population scored in one batched pass gives each candidate t
 }
 
 TEST_CASE("train: exact, SPSA and ES steps train an SVF adapter of stories260K") {
-    const stories& s = load();
-    const auto model = t2::adapt::make_svf_model(s.config, s.weights, s.decomposition);
-    const auto tokens = sequences(s.config.vocab_size);
-    const std::vector<std::span<const std::int32_t>> spans(tokens.begin(), tokens.end());
-    const t2::nn::training_batch batch(spans);
-    t2::exec::thread_pool pool(2);
-    const t2::exec::threads<t2::exec::simd<>> ex(pool);
+    const svf_stories fixture;
+    const auto& [s, model, batch, ex] = std::tie(fixture.s, fixture.model, fixture.batch, fixture.ex);
     const t2::adapt::svf_adapter_options options{.parametrization = t2::adapt::svf_parametrization::sigmoid,
                                                  .rescale = true, .seed = 5};
 

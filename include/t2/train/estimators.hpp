@@ -62,9 +62,11 @@ private:
     philox rng_;
 };
 
-// Fills rows 2i and 2i+1 of candidates [2S × n] with θ + scale·u_i and θ − scale·u_i.
-inline void antithetic_candidates(const gaussian_directions& u, std::span<const float> theta, float scale,
-                                  std::size_t samples, std::vector<float>& candidates) {
+// Scores the population θ ± scale·u_i, i < samples: rows 2i and 2i+1 of candidates [2S × n],
+// their losses into losses [2S].
+template <population_objective O>
+void score_antithetic(O& objective, const gaussian_directions& u, std::span<const float> theta, float scale,
+                      std::size_t samples, std::vector<float>& candidates, std::vector<float>& losses) {
     const std::size_t n = theta.size();
     candidates.resize(2 * samples * n);
     for (std::size_t i = 0; i < samples; ++i) {
@@ -76,6 +78,8 @@ inline void antithetic_candidates(const gaussian_directions& u, std::span<const 
             minus[j] = theta[j] - d;
         }
     }
+    losses.resize(2 * samples);
+    objective.losses(std::span<const float>(candidates), std::span<float>(losses));
 }
 
 // Centred ranks of the losses in [−½, ½] (the smallest −½), ties sharing their mean rank;
@@ -122,9 +126,7 @@ public:
         const std::size_t n = objective.parameter_count(), S = options_.samples;
         detail::check_estimate("spsa", n, theta, gradient);
         const detail::gaussian_directions u(options_.seed, step);
-        detail::antithetic_candidates(u, theta, options_.epsilon, S, candidates_);
-        losses_.resize(2 * S);
-        objective.losses(std::span<const float>(candidates_), std::span<float>(losses_));
+        detail::score_antithetic(objective, u, theta, options_.epsilon, S, candidates_, losses_);
 
         std::fill(gradient.begin(), gradient.end(), 0.f);
         std::size_t used = 0;
@@ -171,9 +173,7 @@ public:
         const std::size_t n = objective.parameter_count(), P = options_.pairs;
         detail::check_estimate("es", n, theta, gradient);
         const detail::gaussian_directions u(options_.seed, step);
-        detail::antithetic_candidates(u, theta, options_.sigma, P, candidates_);
-        losses_.resize(2 * P);
-        objective.losses(std::span<const float>(candidates_), std::span<float>(losses_));
+        detail::score_antithetic(objective, u, theta, options_.sigma, P, candidates_, losses_);
 
         const std::vector<float> ranks = detail::centred_ranks(losses_);
         std::fill(gradient.begin(), gradient.end(), 0.f);
