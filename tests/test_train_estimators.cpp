@@ -251,7 +251,11 @@ struct svf_stories {
 
 TEST_CASE("train: a population scored in one batched pass gives each candidate the loss it has alone") {
     const svf_stories fixture;
-    const auto& [s, model, batch, ex] = std::tie(fixture.s, fixture.model, fixture.batch, fixture.ex);
+    // Plain references, not a structured binding: Clang 14 cannot capture bindings in lambdas.
+    const auto& s = fixture.s;
+    const auto& model = fixture.model;
+    const auto& batch = fixture.batch;
+    const auto& ex = fixture.ex;
     const t2::adapt::svf_adapter_options options{.rescale = true};
     auto adapter = t2::adapt::make_svf_adapter(model, options);
     const std::size_t n = adapter.parameters().size();
@@ -309,7 +313,9 @@ TEST_CASE("train: a population scored in one batched pass gives each candidate t
 
 TEST_CASE("train: exact, SPSA and ES steps train an SVF adapter of stories260K") {
     const svf_stories fixture;
-    const auto& [s, model, batch, ex] = std::tie(fixture.s, fixture.model, fixture.batch, fixture.ex);
+    const auto& model = fixture.model;
+    const auto& batch = fixture.batch;
+    const auto& ex = fixture.ex;
     const t2::adapt::svf_adapter_options options{.parametrization = t2::adapt::svf_parametrization::sigmoid,
                                                  .rescale = true, .seed = 5};
 
