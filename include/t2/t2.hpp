@@ -54,5 +54,6 @@
 #include "t2/train/estimators.hpp"
 #include "t2/train/objective.hpp"
 #include "t2/train/optimizers.hpp"
+#include "t2/train/reinforce.hpp"
 #include "t2/train/search.hpp"
 #include "t2/train/trainer.hpp"
