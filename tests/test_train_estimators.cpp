@@ -18,7 +18,9 @@
 #include "support/check.hpp"
 #include "support/stories260k.hpp"
 #include "support/tolerance.hpp"
+#include "t2/nn/random_init.hpp"
 #include "t2/train/adapter_objective.hpp"
+#include "t2/train/few_shot.hpp"
 #include "t2/train/search.hpp"
 #include "t2/train/trainer.hpp"
 
@@ -335,4 +337,140 @@ TEST_CASE("train: exact, SPSA and ES steps train an SVF adapter of stories260K")
     train(t2::train::exact{}, 0.05f, 10);
     train(t2::train::spsa({.epsilon = 1e-2f, .samples = 8, .seed = 1}), 0.05f, 10);
     train(t2::train::es({.sigma = 5e-2f, .pairs = 8, .seed = 1}), 0.05f, 10);
+}
+
+namespace {
+
+// A tiny random model, three random experts over all its matrices, and shots labelled by the
+// greedy answers of the mixture at a hidden α*: a mixture that answers every shot exists.
+struct few_shot_task {
+    const t2::nn::llama_config c{.dim = 16, .hidden_dim = 24, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+                                 .vocab_size = 13, .seq_len = 10};
+    t2::exec::simd<> ex{};
+    t2::nn::llama_weights<t2::nn::dense<float>> weights = t2::nn::random_weights(c, 81);
+    t2::adapt::decomposition d = t2::adapt::decompose(ex, c, weights, t2::adapt::selection::all());
+    t2::nn::llama<t2::nn::llama_config, t2::adapt::svf> model = t2::adapt::make_svf_model(c, weights, d);
+    std::vector<t2::adapt::expert> experts = make_experts();
+    t2::adapt::svf_adapter adapter = make_mixture();
+    std::vector<float> alpha_star{0.5f, 0.1f, 0.9f};
+    std::vector<t2::train::labelled_example> shots = label(10, 4);
+
+    std::vector<t2::adapt::expert> make_experts() const {
+        std::vector<t2::adapt::expert> out(3);
+        for (std::size_t k = 0; k < out.size(); ++k) {
+            out[k].base_model_hash = d.base_model_hash;
+            out[k].rescale = true;
+            for (const auto& m : d.matrices) {
+                std::vector<float> z(m.factors.rank());
+                t2_test::fill_uniform(z, 90 + 10 * k + m.slot.layer * 3 + std::size_t(m.slot.which), -1.f, 3.f);
+                out[k].z.emplace_back(m.name, z);
+            }
+        }
+        return out;
+    }
+    t2::adapt::svf_adapter make_mixture() const { return t2::adapt::make_mixture_adapter(model, d, experts, {.rescale = true}); }
+
+    std::vector<t2::train::labelled_example> label(std::size_t shots_count, std::size_t answer_length) {
+        t2::adapt::set_mixture_alpha(adapter, alpha_star);
+        std::vector<t2::train::labelled_example> out;
+        std::vector<std::vector<std::int32_t>> prompts;
+        for (std::size_t s = 0; s < shots_count; ++s) {
+            auto p = t2_test::random_tokens(3, c.vocab_size, 100 + s);
+            p[0] = t2::nn::bos_token;
+            prompts.push_back(p);
+        }
+        const std::vector<std::span<const std::int32_t>> views(prompts.begin(), prompts.end());
+        t2::ops::sampler greedy({.temperature = 0.f});
+        const t2::adapt::svf_adapter* a = &adapter;
+        const auto answers = t2::nn::generate(ex, model, std::span(views), greedy,
+                                              {.max_new_tokens = answer_length, .end_token = -1},
+                                              t2::nn::no_stop_condition{}, std::span(&a, 1));
+        for (std::size_t s = 0; s < shots_count; ++s)
+            out.push_back({prompts[s], answers[s].tokens});
+        return out;
+    }
+};
+
+} // namespace
+
+TEST_CASE("train: the few-shot score counts greedy answers that match, ties broken by the likelihood") {
+    few_shot_task t;
+    // A judge that accepts the labelled answer's first two tokens.
+    const auto judge = [&](std::size_t shot, std::span<const std::int32_t> answer) {
+        return answer.size() >= 2 && std::ranges::equal(answer.first(2), std::span(t.shots[shot].answer).first(2));
+    };
+    t2::train::few_shot_objective objective(t.ex, t.model, t.adapter, t.shots, [&] { return t.make_mixture(); },
+                                            {.end_token = -1}, judge);
+    REQUIRE(objective.parameter_count() == 3);
+    // α*, the base's neighbourhood, one that cannot run (all α = 0), and random points; the
+    // row budget splits the population over several passes.
+    std::vector<float> candidates{0.5f, 0.1f, 0.9f, 0.f, 0.f, 0.f, 0.1f, 0.8f, 0.1f};
+    const std::size_t P = 7;
+    candidates.resize(P * 3);
+    t2_test::fill_uniform(std::span(candidates).subspan(9), 120, 0.f, 1.f);
+    std::vector<float> losses(P);
+    objective.losses(candidates, losses);
+    CHECK(objective.scores()[0].correct == t.shots.size()); // the labels' own mixture
+    CHECK(losses[1] == std::numeric_limits<float>::infinity());
+    for (std::size_t c = 0; c < P; ++c) {
+        CAPTURE(c);
+        if (c == 1)
+            continue;
+        // Each candidate alone: its greedy answers and its labelled answers' likelihood.
+        auto alone = t.make_mixture();
+        t2::adapt::set_mixture_alpha(alone, std::span(candidates).subspan(c * 3, 3));
+        std::size_t correct = 0;
+        double log_likelihood = 0, tokens = 0;
+        for (std::size_t s = 0; s < t.shots.size(); ++s) {
+            t2::ops::sampler greedy({.temperature = 0.f});
+            const t2::adapt::svf_adapter* a = &alone;
+            const std::span<const std::int32_t> prompt = t.shots[s].prompt;
+            const auto answer = t2::nn::generate(t.ex, t.model, std::span(&prompt, 1), greedy,
+                                                 {.max_new_tokens = 4, .end_token = -1}, t2::nn::no_stop_condition{},
+                                                 std::span(&a, 1))[0];
+            correct += judge(s, answer.tokens) ? 1 : 0;
+            auto sequence = t.shots[s].prompt;
+            sequence.insert(sequence.end(), t.shots[s].answer.begin(), t.shots[s].answer.end());
+            std::vector<float> mask(sequence.size() - 1, 0.f);
+            std::fill(mask.begin() + std::ptrdiff_t(prompt.size() - 1), mask.end(), 1.f);
+            log_likelihood -= double(t2::nn::sequence_loss(t.ex, t.model, sequence, mask, &alone)) * double(t.shots[s].answer.size());
+            tokens += double(t.shots[s].answer.size());
+        }
+        const auto& got = objective.scores()[c];
+        CHECK(got.correct == correct);
+        // Packed with other sequences, the logits are the same model in another summation
+        // order: each token's log-probability within twice the logit bound.
+        const t2::nn::llama<t2::nn::llama_config> dense(t.c, t.weights);
+        const auto bound = t2_test::logit_order_tolerance(dense, 6, 2 * t.c.hidden_dim);
+        T2_CHECK_WITHIN(got.mean_log_likelihood, log_likelihood / tokens,
+                        2 * double(*std::max_element(bound.begin(), bound.end())));
+        CHECK(losses[c] == doctest::Approx(-got.value() / double(t.shots.size())).epsilon(1e-6));
+    }
+    // Lexicographic: one more correct answer outweighs any likelihood.
+    CHECK(t2::train::few_shot_score{3, -50.0}.value() > t2::train::few_shot_score{2, 0.0}.value());
+    CHECK(t2::train::few_shot_score{2, -1.0}.value() > t2::train::few_shot_score{2, -2.0}.value());
+    CHECK_THROWS_AS(t2::train::few_shot_objective(t.ex, t.model, t.adapter, {}, [&] { return t.make_mixture(); }),
+                    t2::error);
+}
+
+TEST_CASE("train: CEM over mixture weights finds a mixture that answers every shot") {
+    few_shot_task t;
+    t2::train::few_shot_objective objective(t.ex, t.model, t.adapter, t.shots, [&] { return t.make_mixture(); },
+                                            {.end_token = -1});
+    // The base mixture (μ₀ = 1/K) does not answer every shot; CEM, as the reference runs it.
+    std::vector<float> start(3, 1.f / 3);
+    CHECK(objective.score(start).correct < t.shots.size());
+    t2::train::cem search(3, {.seed = 5});
+    float previous = std::numeric_limits<float>::infinity();
+    for (int i = 0; i < 50; ++i) { // the reference's iteration count
+        search.iterate(objective);
+        CHECK(search.best_loss() <= previous); // member 0 is the previous best
+        previous = search.best_loss();
+        if (objective.score(search.best()).correct == t.shots.size())
+            break;
+    }
+    const auto best = objective.score(search.best());
+    INFO("best α " << search.best()[0] << ", " << search.best()[1] << ", " << search.best()[2] << " after "
+                   << search.iterations() << " iterations");
+    CHECK(best.correct == t.shots.size());
 }

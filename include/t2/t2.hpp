@@ -52,6 +52,7 @@
 
 #include "t2/train/adapter_objective.hpp"
 #include "t2/train/estimators.hpp"
+#include "t2/train/few_shot.hpp"
 #include "t2/train/objective.hpp"
 #include "t2/train/optimizers.hpp"
 #include "t2/train/reinforce.hpp"

@@ -32,6 +32,7 @@
 #include "t2/nn/backprop.hpp"
 #include "t2/nn/llama.hpp"
 #include "t2/nn/loss.hpp"
+#include "t2/train/detail/adapter_pool.hpp"
 #include "t2/train/objective.hpp"
 
 T2_NAMESPACE_BEGIN
@@ -52,7 +53,7 @@ public:
     adapter_objective(const E& ex, const Model& model, adapter_type& adapter, const nn::training_batch& batch, Loss loss,
                       std::function<adapter_type()> make_adapter, adapter_objective_options options = {})
         : ex_(&ex), model_(&model), adapter_(&adapter), batch_(&batch), loss_(std::move(loss)),
-          make_adapter_(std::move(make_adapter)), options_(options) {
+          pool_("adapter_objective", adapter, std::move(make_adapter)), options_(options) {
         T2_CHECK(options.max_rows >= batch.rows(), "adapter_objective: a row budget of ", options.max_rows,
                  " is smaller than one batch (", batch.rows(), " rows)");
     }
@@ -85,32 +86,13 @@ private:
                  " of ", size, " floats for an adapter of ", parameter_count(), " parameters");
     }
 
-    adapter_type& pooled(std::size_t i) {
-        while (pool_.size() <= i) {
-            pool_.push_back(make_adapter_());
-            T2_CHECK(pool_.back().base() == adapter_->base() && pool_.back().parameters().size() == parameter_count(),
-                     "adapter_objective: make_adapter built an adapter of ", pool_.back().parameters().size(),
-                     " parameters", pool_.back().base() == adapter_->base() ? "" : " for another model", "; the trained one has ",
-                     parameter_count());
-        }
-        return pool_[i];
-    }
-
-    bool runnable(const adapter_type& a) const {
-        if constexpr (std::is_same_v<adapter_type, adapt::svf_adapter>)
-            return adapt::rescaling_defined(*model_, a);
-        else
-            return true;
-    }
-
     // Candidates [first, last) in one forward.
     void score(std::span<const float> candidates, std::size_t first, std::size_t last, std::span<float> losses) {
         const std::size_t n = parameter_count(), B = batch_->sequences(), R = batch_->rows();
         std::vector<std::size_t> run; // the candidates that can run, in order
         for (std::size_t c = first; c < last; ++c) {
-            adapter_type& a = pooled(c - first);
-            std::copy_n(candidates.data() + c * n, n, a.parameters().begin());
-            if (runnable(a))
+            const adapter_type& a = pool_.load(c - first, candidates.subspan(c * n, n));
+            if (detail::runnable(*model_, a))
                 run.push_back(c);
             else
                 losses[c] = std::numeric_limits<float>::infinity();
@@ -127,7 +109,7 @@ private:
                 nn::llama_state& state = states_[i * B + b];
                 state.reset();
                 steps_.push_back({&state, batch_->inputs().subspan(batch_->offsets()[b], batch_->rows_of(b)),
-                                  &pooled(run[i] - first)});
+                                  &pool_[run[i] - first]});
             }
         const auto logits = model_->forward(*ex_, std::span<const typename Model::step>(steps_), workspace_,
                                             nn::logits_for::all);
@@ -143,9 +125,8 @@ private:
     adapter_type* adapter_;
     const nn::training_batch* batch_;
     Loss loss_;
-    std::function<adapter_type()> make_adapter_;
+    detail::adapter_pool<adapter_type> pool_;
     adapter_objective_options options_;
-    std::vector<adapter_type> pool_;
     std::vector<nn::llama_state> states_; // never reallocated while steps_ point into it
     std::vector<typename Model::step> steps_;
     nn::decoder_workspace workspace_;
