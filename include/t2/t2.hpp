@@ -41,6 +41,7 @@
 #include "t2/io/npy.hpp"
 #include "t2/io/stop_strings.hpp"
 #include "t2/io/tokenizer.hpp"
+#include "t2/io/training_checkpoint.hpp"
 
 #include "t2/adapt/decomposition.hpp"
 #include "t2/adapt/lora.hpp"
@@ -53,8 +54,10 @@
 #include "t2/train/adapter_objective.hpp"
 #include "t2/train/estimators.hpp"
 #include "t2/train/few_shot.hpp"
+#include "t2/train/loop.hpp"
 #include "t2/train/objective.hpp"
 #include "t2/train/optimizers.hpp"
+#include "t2/train/progress.hpp"
 #include "t2/train/reinforce.hpp"
 #include "t2/train/search.hpp"
 #include "t2/train/trainer.hpp"
