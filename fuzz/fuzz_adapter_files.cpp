@@ -1,12 +1,13 @@
-// libFuzzer target for t2's decomposition and expert files (include/t2/io/adapter_files.hpp):
-// safetensors with t2's metadata, validated tensor by tensor.
+// libFuzzer target for t2's decomposition and expert files (include/t2/io/adapter_files.hpp)
+// and training checkpoints (include/t2/io/training_checkpoint.hpp): safetensors with t2's
+// metadata, validated tensor by tensor.
 //
 //   clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude fuzz/fuzz_adapter_files.cpp -o fuzz_adapter_files
 //   ./fuzz_adapter_files -max_total_time=60 fuzz/corpus/adapter_files
 //
 // Every input either reads or throws t2::error. A decomposition that reads drives an SVF
 // matrix with an adapter state (prepare, forward, backward); an expert that reads is written
-// back and read again, which must give the same expert.
+// back and read again, which must give the same expert; so is a checkpoint that reads.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -21,6 +22,7 @@
 #include "t2/adapt/svf.hpp"
 #include "t2/exec/scalar.hpp"
 #include "t2/io/adapter_files.hpp"
+#include "t2/io/training_checkpoint.hpp"
 
 namespace {
 
@@ -68,6 +70,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const t2::adapt::expert again = io::read_expert(path);
         if (again.z != e.z || again.task != e.task || again.training != e.training || again.rescale != e.rescale ||
             again.base_model_hash != e.base_model_hash)
+            __builtin_trap();
+    } catch (const t2::error&) {
+    }
+    try {
+        const io::training_checkpoint ck = io::read_training_checkpoint(*file);
+        static const std::string path =
+            (std::filesystem::temp_directory_path() / ("t2_fuzz_checkpoint_" + std::to_string(::getpid()))).string();
+        io::write_training_checkpoint(path, ck.parameters, ck.optimizer_state, ck.loop, ck.extra);
+        const io::training_checkpoint again = io::read_training_checkpoint(path);
+        const auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+            return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                              [](float x, float y) { return x == y || (std::isnan(x) && std::isnan(y)); });
+        };
+        const bool same_score = again.loop.best_score == ck.loop.best_score ||
+                                (std::isnan(again.loop.best_score) && std::isnan(ck.loop.best_score));
+        if (!same(again.parameters, ck.parameters) || !same(again.optimizer_state, ck.optimizer_state) ||
+            !same(again.loop.best_parameters, ck.loop.best_parameters) || again.loop.step != ck.loop.step ||
+            again.loop.best_step != ck.loop.best_step || !same_score || again.extra != ck.extra)
             __builtin_trap();
     } catch (const t2::error&) {
     }

@@ -76,8 +76,8 @@ inline void write_training_checkpoint(const std::string& path, std::span<const f
     write_safetensors(path, tensors, metadata);
 }
 
-inline training_checkpoint read_training_checkpoint(const std::string& path) {
-    const safetensors_file f(path);
+inline training_checkpoint read_training_checkpoint(const safetensors_file& f) {
+    const std::string& path = f.name();
     detail::check_format(f, "t2.training_checkpoint");
     training_checkpoint out;
     out.loop.step = detail::parse_count(f, "step");
@@ -116,6 +116,10 @@ inline training_checkpoint read_training_checkpoint(const std::string& path) {
             out.extra.emplace(key, value);
     }
     return out;
+}
+
+inline training_checkpoint read_training_checkpoint(const std::string& path) {
+    return read_training_checkpoint(safetensors_file(path));
 }
 
 // Puts a checkpoint back into a run: the parameters, the trainer's optimizer (state and step
