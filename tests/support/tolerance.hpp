@@ -138,6 +138,56 @@ std::vector<float> logit_order_tolerance(const Model& model, std::size_t context
     return bound;
 }
 
+// Against a float64 reference that computes RoPE's angles exactly (two f32 evaluations share
+// theirs, so logit_order_tolerance has no such term). t2 computes them in f32 (ops/rope.hpp):
+// inv_freq = 1/θ^x with x = 2i/head_dim rounded (u·x, so θ^x within ln θ·x·u), pow within
+// function_error, 1/· and pos·inv_freq one rounding each, so the angle pos·θ^(−x) is within
+// pos·θ^(−x)·(ln θ·x·u + function_error + 2u) ≤ pos·(u/e + function_error + 2u) (y·e^(−y) ≤
+// 1/e), and cos and sin add function_error each. A rotation off by δ moves a vector by δ of
+// its norm, a relative error of q and of k: the scores of every block see twice
+//   δ = (context − 1)·(u/e + function_error + 2u) + 2·function_error.
+// Returns that relative error summed over the blocks, to add to γ̃_N of comment 2.
+template <class Config>
+double rope_angle_error(const Config& c, std::size_t context) {
+    const double u = unit_roundoff;
+    const double delta = double(context == 0 ? 0 : context - 1) * (u / std::exp(1.0) + function_error + 2 * u) +
+                         2 * function_error;
+    return double(c.n_layers) * 2 * delta;
+}
+
+// Per-logit bound (one entry per vocabulary entry) on |z − z_exact| for one f32 evaluation of
+// `model` against an exact (float64) one with exact RoPE angles: (γ̃_N + rope_angle_error)·sᵢ,
+// half of logit_order_tolerance's 2γ̃_N·sᵢ plus the angles' share.
+template <class Model>
+std::vector<float> logit_reference_tolerance(const Model& model, std::size_t context, std::size_t extra_chain = 0) {
+    const double gamma = summation_error_bound(summation_chain_length(model.config(), context) + extra_chain);
+    const double scale = (gamma + rope_angle_error(model.config(), context)) / (2 * gamma);
+    std::vector<float> bound = logit_order_tolerance(model, context, extra_chain);
+    for (float& b : bound)
+        b = float(double(b) * scale);
+    return bound;
+}
+
+// The chain of roundings (comment 2) from the loss's dL/dlogits back to the first block's
+// input, for `context` positions: each forward summation has a backward one over its other
+// dimension. The classifier's transpose (vocab) and the final norm's backward (rmsnorm_backward:
+// D for Σ g·w·x, its rsqrt's D-long sum of squares entering three times, a few elementwise
+// roundings); per block the transposes of w2 (D), of w1 and w3 (hidden_dim, and their sum), of
+// wo (D) and of wq, wk, wv (D, and their sum), swiglu's backward (seven roundings and two
+// exps), attention's backward (head_dim for dP, context for Σ P·dP, context for dQ and dK,
+// the heads of a group) and RoPE's (two), the two norms' backwards and the two residual
+// additions. The forward values the backward reads (probabilities, activations) carry the
+// forward's chain, summation_chain_length, which a gradient's bound adds to this one.
+template <class Config>
+std::size_t backward_chain_length(const Config& c, std::size_t context) {
+    const std::size_t D = c.dim, H = c.hidden_dim, hd = t2::nn::head_dim(c);
+    const std::size_t group = std::size_t(c.n_heads) / std::size_t(c.n_kv_heads);
+    const std::size_t norm = D + 3 * D + 8; // Σ g·w·x, r³ of a D-long sum, elementwise
+    const std::size_t per_block = D + (7 + 8) + (H + 1) + norm + 1 + D + (hd + 2) + (context + 3) +
+                                  (context + 2 + group + 2) + 2 + (D + 2) + norm + 1;
+    return std::size_t(c.vocab_size) + norm + std::size_t(c.n_layers) * per_block;
+}
+
 // Bound on |L − L'| for a mean next-token cross-entropy over the same logits evaluated in
 // two summation orders: −log softmax(z)_y = log Σ exp(z) − z_y moves by at most
 // max|Δz| + |Δz_y| ≤ 2·max bound, and a mean of such terms by no more.
@@ -155,14 +205,16 @@ struct bounded_comparison {
 };
 
 // |got[i] − want[i]| ≤ bound[i mod bound.size()] for every i (rows of logits share the
-// per-vocabulary bound). NaN fails.
-inline bounded_comparison compare_within(std::span<const float> got, std::span<const float> want,
-                                         std::span<const float> bound) {
+// per-vocabulary bound). Against a double reference (finite differences, or a double
+// evaluation not rounded to f32), got may be double too: an f32 result less what it
+// accumulated onto, exactly. NaN fails.
+template <class Got, class Want, class Bound>
+bounded_comparison compare_elements(std::span<const Got> got, std::span<const Want> want, std::span<const Bound> bound) {
     REQUIRE(got.size() == want.size());
     REQUIRE(!bound.empty());
     bounded_comparison c;
     for (std::size_t i = 0; i < got.size(); ++i) {
-        const double b = bound[i % bound.size()];
+        const double b = double(bound[i % bound.size()]);
         const double diff = std::abs(double(got[i]) - double(want[i]));
         const double ratio = diff == 0 ? 0 : diff / b;
         if (!(ratio <= 1))
@@ -170,12 +222,29 @@ inline bounded_comparison compare_within(std::span<const float> got, std::span<c
         if (!(ratio <= c.worst_ratio)) {
             c.worst_ratio = std::isnan(ratio) ? INFINITY : ratio;
             c.worst_index = i;
-            c.got = got[i];
-            c.want = want[i];
+            c.got = double(got[i]);
+            c.want = double(want[i]);
             c.bound = b;
         }
     }
     return c;
+}
+
+inline bounded_comparison compare_within(std::span<const float> got, std::span<const float> want,
+                                         std::span<const float> bound) {
+    return compare_elements(got, want, bound);
+}
+
+inline bounded_comparison compare_within(std::span<const float> got, std::span<const double> want,
+                                         std::span<const double> bound) {
+    REQUIRE(bound.size() == want.size());
+    return compare_elements(got, want, bound);
+}
+
+inline bounded_comparison compare_within(std::span<const double> got, std::span<const double> want,
+                                         std::span<const double> bound) {
+    REQUIRE(bound.size() == want.size());
+    return compare_elements(got, want, bound);
 }
 
 // One value against one bound.
