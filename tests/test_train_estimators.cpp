@@ -411,6 +411,12 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
     std::vector<float> losses(P);
     objective.losses(candidates, losses);
     CHECK(objective.scores()[0].correct == t.shots.size()); // the labels' own mixture
+    // Without a judge, exact matches are decided by teacher forcing, without generating.
+    t2::train::few_shot_objective exact(t.ex, t.model, t.adapter, t.shots, [&] { return t.make_mixture(); },
+                                        {.end_token = -1});
+    std::vector<float> exact_losses(P);
+    exact.losses(candidates, exact_losses);
+    CHECK(exact.scores()[0].correct == t.shots.size());
     CHECK(losses[1] == std::numeric_limits<float>::infinity());
     for (std::size_t c = 0; c < P; ++c) {
         CAPTURE(c);
@@ -419,7 +425,7 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
         // Each candidate alone: its greedy answers and its labelled answers' likelihood.
         auto alone = t.make_mixture();
         t2::adapt::set_mixture_alpha(alone, std::span(candidates).subspan(c * 3, 3));
-        std::size_t correct = 0;
+        std::size_t correct = 0, exact_matches = 0;
         double log_likelihood = 0, tokens = 0;
         for (std::size_t s = 0; s < t.shots.size(); ++s) {
             t2::ops::sampler greedy({.temperature = 0.f});
@@ -429,6 +435,7 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
                                                  {.max_new_tokens = 4, .end_token = -1}, t2::nn::no_stop_condition{},
                                                  std::span(&a, 1))[0];
             correct += judge(s, answer.tokens) ? 1 : 0;
+            exact_matches += answer.tokens == t.shots[s].answer ? 1 : 0;
             auto sequence = t.shots[s].prompt;
             sequence.insert(sequence.end(), t.shots[s].answer.begin(), t.shots[s].answer.end());
             std::vector<float> mask(sequence.size() - 1, 0.f);
@@ -438,6 +445,8 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
         }
         const auto& got = objective.scores()[c];
         CHECK(got.correct == correct);
+        CHECK(exact.scores()[c].correct == exact_matches);
+        CHECK(exact.scores()[c].mean_log_likelihood == got.mean_log_likelihood); // the same forward
         // Packed with other sequences, the logits are the same model in another summation
         // order: each token's log-probability within twice the logit bound.
         const t2::nn::llama<t2::nn::llama_config> dense(t.c, t.weights);

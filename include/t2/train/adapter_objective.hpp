@@ -75,9 +75,27 @@ public:
         const std::size_t n = parameter_count(), P = losses.size();
         T2_CHECK(candidates.size() == P * n, "adapter_objective: ", candidates.size(), " candidate floats for ", P,
                  " losses of ", n, " parameters");
+        for_each_candidate(
+            candidates,
+            [&](std::size_t c, matrix_view<const float> logits) {
+                const float loss = loss_(*ex_, batch_->loss_rows_view(), logits, matrix_view<float>());
+                losses[c] = std::isfinite(loss) ? loss : std::numeric_limits<float>::infinity();
+            },
+            [&](std::size_t c) { losses[c] = std::numeric_limits<float>::infinity(); });
+    }
+
+    // The population forward underneath losses(), for objectives that read more than a loss
+    // from the logits: on_logits(c, logits of the batch's rows under candidate c) for every
+    // candidate that can run, in order, and cannot_run(c) for the others.
+    template <class OnLogits, class CannotRun>
+    void for_each_candidate(std::span<const float> candidates, OnLogits&& on_logits, CannotRun&& cannot_run) {
+        const std::size_t n = parameter_count();
+        T2_CHECK(n > 0 && candidates.size() % n == 0, "adapter_objective: ", candidates.size(),
+                 " candidate floats are not a whole number of ", n, "-parameter candidates");
+        const std::size_t P = candidates.size() / n;
         const std::size_t per_forward = std::max<std::size_t>(1, options_.max_rows / std::max<std::size_t>(1, batch_->rows()));
         for (std::size_t first = 0; first < P; first += per_forward)
-            score(candidates, first, std::min(P, first + per_forward), losses);
+            forward(candidates, first, std::min(P, first + per_forward), on_logits, cannot_run);
     }
 
 private:
@@ -87,7 +105,9 @@ private:
     }
 
     // Candidates [first, last) in one forward.
-    void score(std::span<const float> candidates, std::size_t first, std::size_t last, std::span<float> losses) {
+    template <class OnLogits, class CannotRun>
+    void forward(std::span<const float> candidates, std::size_t first, std::size_t last, OnLogits& on_logits,
+                 CannotRun& cannot_run) {
         const std::size_t n = parameter_count(), B = batch_->sequences(), R = batch_->rows();
         std::vector<std::size_t> run; // the candidates that can run, in order
         for (std::size_t c = first; c < last; ++c) {
@@ -95,7 +115,7 @@ private:
             if (detail::runnable(*model_, a))
                 run.push_back(c);
             else
-                losses[c] = std::numeric_limits<float>::infinity();
+                cannot_run(c);
         }
         if (run.empty())
             return;
@@ -113,11 +133,8 @@ private:
             }
         const auto logits = model_->forward(*ex_, std::span<const typename Model::step>(steps_), workspace_,
                                             nn::logits_for::all);
-        for (std::size_t i = 0; i < run.size(); ++i) {
-            const float loss =
-                loss_(*ex_, batch_->loss_rows_view(), logits.rows(i * R, (i + 1) * R), matrix_view<float>());
-            losses[run[i]] = std::isfinite(loss) ? loss : std::numeric_limits<float>::infinity();
-        }
+        for (std::size_t i = 0; i < run.size(); ++i)
+            on_logits(run[i], matrix_view<const float>(logits.rows(i * R, (i + 1) * R)));
     }
 
     const E* ex_;

@@ -18,10 +18,12 @@
 //   for (int i = 0; i < 50; ++i) search.iterate(objective);
 //
 // A population is scored in as few batched passes as its row budget allows, every
-// (candidate, example) pair with its candidate's adapter state: the greedy answers of all
-// pairs are generated together (prefill, then lockstep decoding), and the likelihoods come
-// from one forward over every pair's prompt + labelled answer. Candidates that cannot run
-// (an SVF rescaling that is undefined) score +∞.
+// (candidate, example) pair with its candidate's adapter state, in one forward over every
+// pair's prompt + labelled answer: its logits give the likelihood and, by teacher forcing,
+// whether greedy decoding would produce the label (the argmax at every labelled position is
+// the label). A judge needs the generated answers themselves: they are then generated for
+// all pairs together (prefill, then lockstep decoding). Candidates that cannot run (an SVF
+// rescaling that is undefined) score +∞.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -95,18 +97,41 @@ public:
         const std::size_t n = parameter_count(), P = losses.size();
         T2_CHECK(candidates.size() == P * n, "few_shot_objective: ", candidates.size(), " candidate floats for ", P,
                  " losses of ", n, " parameters");
-        // The likelihood part: −mean log π(answer token) per candidate, +∞ where it cannot run.
-        likelihood_.losses(candidates, losses);
         scores_.assign(P, few_shot_score{});
-        std::size_t generated_rows = 0;
-        for (const labelled_example& e : examples_)
-            generated_rows += e.prompt.size() + budget_;
-        const std::size_t per_pass = std::max<std::size_t>(1, options_.max_rows / generated_rows);
-        for (std::size_t first = 0; first < P; first += per_pass)
-            count_correct(candidates, first, std::min(P, first + per_pass), losses);
-        for (std::size_t c = 0; c < P; ++c)
-            losses[c] = std::isfinite(losses[c]) ? float(-scores_[c].value() / double(examples_.size()))
-                                                 : std::numeric_limits<float>::infinity();
+        if (judge_) {
+            // The likelihood from the population forward, then the greedy answers generated.
+            likelihood_.losses(candidates, losses);
+            std::size_t generated_rows = 0;
+            for (const labelled_example& e : examples_)
+                generated_rows += e.prompt.size() + budget_;
+            const std::size_t per_pass = std::max<std::size_t>(1, options_.max_rows / generated_rows);
+            for (std::size_t first = 0; first < P; first += per_pass)
+                count_correct(candidates, first, std::min(P, first + per_pass), losses);
+        } else {
+            // Teacher forcing: greedy decoding reproduces the labelled answer exactly when the
+            // argmax at every labelled position (and at the end token after it) is the label,
+            // so the forward that scores the likelihood decides correctness too, with no
+            // generation. (Where two logits tie within rounding, the packed forward and a
+            // decoding one may break the tie differently.)
+            likelihood_.for_each_candidate(
+                candidates,
+                [&](std::size_t c, matrix_view<const float> logits) {
+                    losses[c] = nn::next_token_cross_entropy{answer_rows_}(*ex_, batch_.loss_rows_view(), logits,
+                                                                           matrix_view<float>());
+                    for (std::size_t b = 0; b < examples_.size(); ++b)
+                        scores_[c].correct += labels_are_argmax(logits, b) ? 1 : 0;
+                },
+                [&](std::size_t c) { losses[c] = std::numeric_limits<float>::infinity(); });
+        }
+        for (std::size_t c = 0; c < P; ++c) {
+            if (!std::isfinite(losses[c])) {
+                scores_[c] = few_shot_score{};
+                losses[c] = std::numeric_limits<float>::infinity();
+                continue;
+            }
+            scores_[c].mean_log_likelihood = -double(losses[c]);
+            losses[c] = float(-scores_[c].value() / double(examples_.size()));
+        }
     }
 
     // The score of one point, e.g. the search's best.
@@ -128,21 +153,39 @@ private:
         return examples;
     }
 
+    // Prompt + labelled answer (+ the end token, which the likelihood does not count but
+    // teacher forcing checks).
     std::vector<std::span<const std::int32_t>> sequence_views() {
         for (const labelled_example& e : examples_) {
             sequences_.push_back(e.prompt);
             sequences_.back().insert(sequences_.back().end(), e.answer.begin(), e.answer.end());
+            if (options_.end_token >= 0)
+                sequences_.back().push_back(options_.end_token);
         }
         return {sequences_.begin(), sequences_.end()};
+    }
+
+    // The rows of example b that predict its labelled answer (and its end token).
+    std::pair<std::size_t, std::size_t> answer_rows(std::size_t b) const {
+        return {batch_.offsets()[b] + examples_[b].prompt.size() - 1, batch_.offsets()[b + 1]};
     }
 
     // 1 on the rows that predict a labelled answer token.
     std::vector<float> answer_mask() const {
         std::vector<float> mask(batch_.rows(), 0.f);
         for (std::size_t b = 0; b < examples_.size(); ++b)
-            std::fill(mask.begin() + std::ptrdiff_t(batch_.offsets()[b] + examples_[b].prompt.size() - 1),
-                      mask.begin() + std::ptrdiff_t(batch_.offsets()[b + 1]), 1.f);
+            std::fill_n(mask.begin() + std::ptrdiff_t(answer_rows(b).first), examples_[b].answer.size(), 1.f);
         return mask;
+    }
+
+    bool labels_are_argmax(matrix_view<const float> logits, std::size_t b) const {
+        const auto [first, last] = answer_rows(b);
+        for (std::size_t r = first; r < last; ++r) {
+            const auto row = logits.row(r);
+            if (ops::argmax(std::span<const float>(row.data(), row.size())) != batch_.targets()[r])
+                return false;
+        }
+        return true;
     }
 
     bool correct(std::size_t example, const nn::generation& g) const {
@@ -184,7 +227,6 @@ private:
             few_shot_score& s = scores_[run[i]];
             for (std::size_t e = 0; e < S; ++e)
                 s.correct += correct(e, answers[i * S + e]) ? 1 : 0;
-            s.mean_log_likelihood = -double(losses[run[i]]);
         }
     }
 
