@@ -455,6 +455,49 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
                         2 * double(*std::max_element(bound.begin(), bound.end())));
         CHECK(losses[c] == doctest::Approx(-got.value() / double(t.shots.size())).epsilon(1e-6));
     }
+    // With an end token, greedy decoding must stop right after the label. The random model
+    // repeats itself, so one shot is relabelled: its answer is α*'s greedy tokens up to the
+    // first new one, E, which becomes the end token.
+    auto star = t.make_mixture();
+    t2::adapt::set_mixture_alpha(star, t.alpha_star);
+    const auto greedy_answer = [&](const t2::adapt::svf_adapter& a, std::size_t shot, std::size_t budget,
+                                   std::int32_t end) {
+        t2::ops::sampler greedy({.temperature = 0.f});
+        const t2::adapt::svf_adapter* pointer = &a;
+        const std::span<const std::int32_t> prompt = t.shots[shot].prompt;
+        return t2::nn::generate(t.ex, t.model, std::span(&prompt, 1), greedy, {.max_new_tokens = budget, .end_token = end},
+                                t2::nn::no_stop_condition{}, std::span(&pointer, 1))[0];
+    };
+    auto ended_shots = t.shots;
+    std::int32_t E = -1;
+    for (std::size_t s = 0; s < t.shots.size() && E < 0; ++s) {
+        const auto tokens = greedy_answer(star, s, 5, -1).tokens;
+        for (std::size_t j = 1; j < tokens.size() && E < 0; ++j)
+            if (std::find(tokens.begin(), tokens.begin() + std::ptrdiff_t(j), tokens[j]) == tokens.begin() + std::ptrdiff_t(j)) {
+                ended_shots[s].answer.assign(tokens.begin(), tokens.begin() + std::ptrdiff_t(j));
+                E = tokens[j];
+            }
+    }
+    REQUIRE(E >= 0);
+    t2::train::few_shot_objective ended(t.ex, t.model, t.adapter, ended_shots, [&] { return t.make_mixture(); },
+                                        {.end_token = E});
+    ended.losses(candidates, exact_losses);
+    CHECK(ended.scores()[0].correct >= 1);
+    for (std::size_t c = 0; c < P; ++c) {
+        CAPTURE(c);
+        if (c == 1)
+            continue;
+        auto alone = t.make_mixture();
+        t2::adapt::set_mixture_alpha(alone, std::span(candidates).subspan(c * 3, 3));
+        std::size_t generated = 0;
+        for (std::size_t s = 0; s < t.shots.size(); ++s) {
+            auto want = ended_shots[s].answer;
+            want.push_back(E);
+            generated += greedy_answer(alone, s, want.size(), E).tokens == want ? 1 : 0;
+        }
+        CHECK(ended.scores()[c].correct == generated);
+    }
+
     // Lexicographic: one more correct answer outweighs any likelihood.
     CHECK(t2::train::few_shot_score{3, -50.0}.value() > t2::train::few_shot_score{2, 0.0}.value());
     CHECK(t2::train::few_shot_score{2, -1.0}.value() > t2::train::few_shot_score{2, -2.0}.value());

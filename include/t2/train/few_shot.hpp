@@ -179,6 +179,9 @@ private:
     }
 
     bool labels_are_argmax(matrix_view<const float> logits, std::size_t b) const {
+        // Decoding stops at the end token: a label holding it cannot be generated.
+        if (std::ranges::find(examples_[b].answer, options_.end_token) != examples_[b].answer.end())
+            return false;
         const auto [first, last] = answer_rows(b);
         for (std::size_t r = first; r < last; ++r) {
             const auto row = logits.row(r);
