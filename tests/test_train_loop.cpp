@@ -2,7 +2,8 @@
 // progress line (train/progress.hpp): validation keeps the best parameters, checkpoints fall
 // due when asked, a checkpoint reads back as written and bad ones are refused, and a REINFORCE
 // run killed with SIGKILL at an arbitrary moment and resumed from its last checkpoint ends
-// with the parameters of an uninterrupted run, bit for bit.
+// with the parameters of an uninterrupted run, bit for bit; training data reads from JSON
+// Lines, bad lines named.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -21,6 +22,7 @@
 #include "support/temp_dir.hpp"
 #include "t2/adapt/decomposition.hpp"
 #include "t2/adapt/model.hpp"
+#include "t2/io/jsonl.hpp"
 #include "t2/io/training_checkpoint.hpp"
 #include "t2/nn/random_init.hpp"
 #include "t2/train/loop.hpp"
@@ -251,4 +253,26 @@ TEST_CASE("loop: a run killed with SIGKILL and resumed from its checkpoint ends 
 
     const auto resumed = reinforce_run(killed_path, steps, [](std::size_t) {});
     CHECK(resumed == straight);
+}
+
+TEST_CASE("loop: prompt / answer pairs from JSON Lines; bad lines are named") {
+    const auto pairs = t2::io::parse_prompt_answer_jsonl(
+        "{\"prompt\": \"Q: 2+3? A:\", \"answer\": \" 5\"}\n\n  \r\n{\"answer\": \"b\", \"prompt\": \"a\\n\", \"task\": \"x\"}\r\n",
+        "data.jsonl");
+    REQUIRE(pairs.size() == 2);
+    CHECK(pairs[0].prompt == "Q: 2+3? A:");
+    CHECK(pairs[0].answer == " 5");
+    CHECK(pairs[1].prompt == "a\n");
+    CHECK(pairs[1].answer == "b");
+    const auto error = [](std::string_view text) {
+        return t2_test::error_message([&] { t2::io::parse_prompt_answer_jsonl(text, "data.jsonl"); });
+    };
+    CHECK(t2_test::contains(error("{\"prompt\": \"a\", \"answer\": \"b\"}\n{\"prompt\": \"a\"}\n"), "data.jsonl line 2"));
+    CHECK(t2_test::contains(error("{\"prompt\": \"a\", \"answer\": \"b\"}\n{\"prompt\": \"a\"}\n"), "answer"));
+    CHECK(t2_test::contains(error("\n\n{\"prompt\": 1, \"answer\": \"b\"}"), "data.jsonl line 3"));
+    CHECK(t2_test::contains(error("{\"prompt\": \"a\", \"answer\": \"b\"} x"), "data.jsonl line 1"));
+    CHECK(t2_test::contains(error("[1, 2]"), "data.jsonl line 1"));
+    CHECK(t2_test::contains(error("\n \n"), "no {\"prompt\""));
+    CHECK(t2_test::contains(t2_test::error_message([] { t2::io::read_prompt_answer_jsonl("/nonexistent/x.jsonl"); }),
+                            "cannot open"));
 }

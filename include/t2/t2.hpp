@@ -37,6 +37,7 @@
 #include "t2/io/adapter_files.hpp"
 #include "t2/io/atomic_file.hpp"
 #include "t2/io/checkpoint.hpp"
+#include "t2/io/jsonl.hpp"
 #include "t2/io/load.hpp"
 #include "t2/io/npy.hpp"
 #include "t2/io/stop_strings.hpp"
