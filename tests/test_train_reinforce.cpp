@@ -288,6 +288,18 @@ TEST_CASE("reinforce: rewards are normalized and clipped as asked; equal rewards
         CHECK(objective.value_and_gradient(t.adapter.parameters(), g) == 0.f);
         CHECK(std::all_of(g.begin(), g.end(), [](float x) { return x == 0.f; }));
     }
+    SUBCASE("a stop condition ends answers early, per prompt") {
+        const std::vector<std::int32_t> other{t2::nn::bos_token, 1};
+        const std::vector<std::span<const std::int32_t>> two{t.prompt, other};
+        auto options = sampled;
+        options.max_new_tokens = 4;
+        options.samples_per_prompt = 3;
+        options.stop = [](std::size_t prompt, std::span<const std::int32_t> tokens) { return tokens.size() == prompt + 1; };
+        t2::train::reinforce_objective objective(t.ex, t.model, t.adapter, two, reward_of_answer(), options);
+        objective.value_and_gradient(t.adapter.parameters(), g);
+        for (const auto& r : objective.rollouts())
+            CHECK(r.answer.size() == r.prompt + 1);
+    }
     SUBCASE("a non-finite reward is refused") {
         t2::train::reinforce_objective objective(t.ex, t.model, t.adapter, prompts,
                                                  [](std::size_t, std::span<const std::int32_t>) { return NAN; }, sampled);

@@ -25,6 +25,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <numeric>
 #include <span>
 #include <utility>
@@ -48,6 +49,9 @@ struct reinforce_options {
     float reward_clip = 0.f;                   // > 0: r clipped to [−clip, clip], after normalizing
     std::int32_t end_token = nn::bos_token;    // ends an answer; scored as one of its actions
     std::uint64_t seed = 0;
+    // Ends an answer early: stop(prompt index, tokens generated so far), e.g. at a stop string
+    // or at the labelled answer's length. Empty: the end token and the budget only.
+    std::function<bool(std::size_t, std::span<const std::int32_t>)> stop = {};
 };
 
 // One answer rolled out in the last step.
@@ -159,10 +163,13 @@ private:
         ops::sampler sample({.temperature = options_.temperature, .top_p = 1.f, .top_k = 0,
                              .seed = (std::uint64_t(bits[1]) << 32) | bits[0]});
         const adapter_type* adapter = adapter_;
+        const auto stop = [&](std::size_t b, std::span<const std::int32_t> tokens) {
+            return options_.stop && options_.stop(b / S, tokens);
+        };
         const auto generated =
             nn::generate(*ex_, *model_, std::span<const std::span<const std::int32_t>>(repeated), sample,
-                         {.max_new_tokens = options_.max_new_tokens, .end_token = options_.end_token},
-                         nn::no_stop_condition{}, std::span<const adapter_type* const>(&adapter, 1));
+                         {.max_new_tokens = options_.max_new_tokens, .end_token = options_.end_token}, stop,
+                         std::span<const adapter_type* const>(&adapter, 1));
         rollouts_.resize(B);
         for (std::size_t b = 0; b < B; ++b) {
             rollout& r = rollouts_[b];
