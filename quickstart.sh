@@ -18,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PACKAGES=(
     build-essential g++ clang cmake ninja-build meson pkg-config ccache
-    libxsimd-dev doctest-dev libbenchmark-dev libopenblas-dev liblapacke-dev
+    libxsimd-dev doctest-dev libcli11-dev libbenchmark-dev libopenblas-dev liblapacke-dev
     python3-numpy python3-torch
 )
 

@@ -39,6 +39,55 @@ expect_exit 2 "$t2" logits --model "$bin" --tokens 1,x,3
 expect_exit 1 "$t2" logits --model "$bin" --tokens 1,999
 expect_exit 1 "$t2" info --model "$tmp/does-not-exist.bin"
 grep -q "does-not-exist.bin" "$tmp/err" || fail "the error does not name the missing file"
+
+# The parser's messages (CLI11): one line naming the command, what is wrong, and where to look.
+# expect_message CODE TEXT COMMAND...: exit CODE with one stderr line that contains TEXT.
+expect_message() {
+    local want=$1 text=$2; shift 2
+    expect_exit "$want" "$@"
+    grep -qF -- "$text" "$tmp/err" && pass || fail "wanted '$text' from: $* — got: $(cat "$tmp/err")"
+}
+expect_message 2 "t2: no command given (see 't2 --help')" "$t2"
+expect_message 2 "t2: unknown command 'frobnicate' (see 't2 --help')" "$t2" frobnicate
+expect_message 2 "t2: unknown option '--bogus'" "$t2" --bogus generate
+expect_message 2 "t2 generate: unknown option '--bogus' (see 't2 generate --help')" "$t2" generate --model "$bin" --bogus 1
+expect_message 2 "t2 generate: --model: 1 required FILE missing" "$t2" generate --model
+expect_message 2 "t2 generate: --steps: 1 required N missing" "$t2" generate --model "$bin" --steps
+expect_message 2 "t2 generate: --model is required" "$t2" generate --steps 4
+expect_message 2 "t2 logits: --tokens is required" "$t2" logits --model "$bin"
+expect_message 2 "--steps: wants a number from 0 to 16777216, got 'abc'" "$t2" generate --model "$bin" --steps abc
+expect_message 2 "--steps: wants a number from 0 to 16777216, got '-1'" "$t2" generate --model "$bin" --steps -1
+expect_message 2 "--steps: wants a number from 0 to 16777216, got '12x'" "$t2" generate --model "$bin" --steps 12x
+expect_message 2 "--temperature: wants a number from 0.000000 to 100.000000, got '-1'" \
+    "$t2" generate --model "$bin" --temperature -1
+expect_message 2 "--seed: wants a number from 0 to 18446744073709551615, got '1.5'" "$t2" generate --model "$bin" --seed 1.5
+expect_message 2 "t2 logits: --threads: wants a number from 1 to 1024, got '0'" "$t2" logits --model "$bin" --tokens 1 --threads 0
+expect_message 2 "t2 decompose: --threads: wants a number from 1 to 1024, got 'all'" \
+    "$t2" decompose --model "$bin" --out "$tmp/x.safetensors" --threads all
+expect_message 2 "t2 info: unexpected argument 'extra'" "$t2" info --model "$bin" extra
+expect_message 2 "t2 expert: no subcommand given" "$t2" expert
+expect_message 2 "t2 expert: unknown subcommand 'frobnicate' (see 't2 expert --help')" "$t2" expert frobnicate
+expect_message 2 "t2 expert info: FILE is required (see 't2 expert info --help')" "$t2" expert info
+expect_message 2 "t2 expert info: unexpected argument 'b'" "$t2" expert info a b
+# --help lists the commands, and each command's --help its options (exit 0, on stdout).
+expect_exit 0 "$t2" --help
+for cmd in generate logits info decompose expert; do grep -q "^  $cmd " "$tmp/out" || fail "--help omits $cmd"; done
+while IFS='|' read -r cmd options; do
+    # shellcheck disable=SC2086
+    expect_exit 0 "$t2" $cmd --help
+    for option in $options; do
+        grep -q -- "^  $option\b" "$tmp/out" && pass || fail "'t2 $cmd --help' omits $option: $(cat "$tmp/out")"
+    done
+done <<'EOF_HELP'
+generate|--model --tokenizer --tokenizer-prefix --prompt --steps --temperature --top-p --top-k --seed --ids --threads --dtype --mmap --decomposition --expert
+logits|--model --tokens --all --out --threads --dtype --mmap --decomposition --expert
+info|--model --adapter --matrices
+decompose|--model --out --matrices --precision --threads
+expert|info
+expert info|FILE
+EOF_HELP
+expect_exit 0 "$t2" --version
+grep -q "^t2 [0-9]" "$tmp/out" && pass || fail "--version: $(cat "$tmp/out")"
 # A tokenizer of another vocabulary size is refused in the user's terms, unless asked for.
 expect_exit 1 "$t2" generate --model "$bin" --tokenizer "$models/tokenizer.bin" --steps 4
 grep -q "the tokenizer holds 32000 tokens, the model's vocabulary is 512" "$tmp/err" && pass ||
@@ -171,6 +220,52 @@ expect_exit 2 "$t2" logits --model "$bin" --tokens 1 --expert "$tmp/ones.safeten
 out=$("$t2" generate --model "$bin" --tokenizer "$tok" --temperature 0 --steps 40 \
       --decomposition "$tmp/svd.safetensors" --expert "$tmp/ones.safetensors" 2>/dev/null)
 [[ $out == "$story"* ]] && pass || fail "greedy text with the identity expert: $out"
+
+# train-expert: every method writes an expert that records how it was trained; bad data and
+# flags are refused; a run killed with SIGKILL and run again resumes from its checkpoint and
+# writes the expert an uninterrupted run writes.
+/usr/bin/python3 - "$tmp/pairs.jsonl" <<'PY' || fail "writing pairs"
+import json, sys
+pairs = [("Once upon a time, there was a little", " girl"), ("Lily liked to play with her", " toys"),
+         ("The sun was", " shining"), ("One day, a little boy named", " Tim"), ("She went to the", " park"),
+         ("He was very", " happy"), ("They played all", " day"), ("The cat saw a big", " dog"),
+         ("The bird flew up into the", " sky"), ("The little girl was very", " sad")]
+with open(sys.argv[1], "w") as f:
+    for p, a in pairs:
+        f.write(json.dumps({"prompt": p, "answer": a}) + "\n")
+PY
+train=("$t2" train-expert --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors"
+       --data "$tmp/pairs.jsonl" --threads 2)
+for method in reinforce ce spsa es cem; do
+    expect_exit 0 "${train[@]}" --method $method --steps 4 --eval-every 2 --out "$tmp/$method.safetensors"
+    out=$("$t2" expert info "$tmp/$method.safetensors")
+    grep -q "task *pairs" <<<"$out" && grep -q "\"method\":\"$method\"" <<<"$out" && pass ||
+        fail "train-expert $method: $out"
+done
+expect_exit 0 "$t2" train-expert --help
+expect_message 2 "t2 train-expert: --method wants reinforce, ce, spsa, es or cem, got 'sgd'" \
+    "${train[@]}" --method sgd --out "$tmp/x.safetensors"
+printf '{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n' >"$tmp/bad.jsonl"
+expect_exit 1 "$t2" train-expert --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors" \
+    --data "$tmp/bad.jsonl" --method ce --out "$tmp/x.safetensors"
+grep -q "bad.jsonl line 2" "$tmp/err" && pass || fail "a bad JSONL line is not named: $(cat "$tmp/err")"
+rm -f "$tmp"/straight.safetensors* "$tmp"/killed.safetensors*
+"${train[@]}" --method ce --steps 300 --eval-every 1 --lr 0.01 --out "$tmp/straight.safetensors" 2>/dev/null ||
+    fail "train-expert, uninterrupted"
+"${train[@]}" --method ce --steps 300 --eval-every 1 --lr 0.01 --out "$tmp/killed.safetensors" 2>/dev/null &
+run=$!
+for _ in $(seq 600); do [[ -e "$tmp/killed.safetensors.checkpoint" ]] && break; sleep 0.01; done
+kill -KILL $run 2>/dev/null; wait $run 2>/dev/null
+if [[ -e "$tmp/killed.safetensors" ]]; then
+    echo "note: train-expert finished before it could be killed; resume not exercised" >&2
+else
+    expect_exit 1 "${train[@]}" --method spsa --steps 300 --out "$tmp/killed.safetensors"
+    grep -q "written by another run" "$tmp/err" && pass || fail "another run's checkpoint: $(cat "$tmp/err")"
+    "${train[@]}" --method ce --steps 300 --eval-every 1 --lr 0.01 --out "$tmp/killed.safetensors" 2>"$tmp/err" ||
+        fail "train-expert, resumed: $(cat "$tmp/err")"
+    grep -q "resuming from" "$tmp/err" && pass || fail "train-expert did not resume: $(cat "$tmp/err")"
+fi
+cmp -s "$tmp/straight.safetensors" "$tmp/killed.safetensors" && pass || fail "a resumed run wrote another expert"
 
 echo "$passed passed, $failures failed"
 [[ $failures -eq 0 ]]

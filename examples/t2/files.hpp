@@ -1,0 +1,21 @@
+// The model, decomposition and expert files the commands read and write. The readers are
+// compiled once, in files.cpp, rather than in every command that opens a file.
+#pragma once
+
+#include <string>
+
+#include "t2/adapt/decomposition.hpp"
+#include "t2/adapt/model.hpp"
+#include "t2/io/checkpoint.hpp"
+#include "t2/io/file_image.hpp"
+
+namespace t2_tool {
+
+// t2::io::load_checkpoint: a llama2.c .bin, a GGUF file or a Hugging Face directory.
+t2::io::checkpoint load_checkpoint(const std::string& path, const t2::io::load_options& options = {});
+// t2::io's decomposition and expert files.
+t2::adapt::decomposition read_decomposition(const std::string& path);
+void write_decomposition(const std::string& path, const t2::adapt::decomposition& d);
+t2::adapt::expert read_expert(const std::string& path);
+
+} // namespace t2_tool
