@@ -369,6 +369,20 @@ struct few_shot_task {
         return out;
     }
     t2::adapt::svf_adapter make_mixture() const { return t2::adapt::make_mixture_adapter(model, d, experts, {.rescale = true}); }
+    t2::adapt::svf_adapter mixture_at(std::span<const float> alpha) const {
+        auto a = make_mixture();
+        t2::adapt::set_mixture_alpha(a, alpha);
+        return a;
+    }
+    // Shot `shot`'s greedy answer under adapter `a`, decoded alone.
+    t2::nn::generation greedy_answer(const t2::adapt::svf_adapter& a, std::size_t shot, std::size_t budget,
+                                     std::int32_t end) const {
+        t2::ops::sampler greedy({.temperature = 0.f});
+        const t2::adapt::svf_adapter* pointer = &a;
+        const std::span<const std::int32_t> prompt = shots[shot].prompt;
+        return t2::nn::generate(ex, model, std::span(&prompt, 1), greedy, {.max_new_tokens = budget, .end_token = end},
+                                t2::nn::no_stop_condition{}, std::span(&pointer, 1))[0];
+    }
 
     std::vector<t2::train::labelled_example> label(std::size_t shots_count, std::size_t answer_length) {
         t2::adapt::set_mixture_alpha(adapter, alpha_star);
@@ -423,17 +437,12 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
         if (c == 1)
             continue;
         // Each candidate alone: its greedy answers and its labelled answers' likelihood.
-        auto alone = t.make_mixture();
-        t2::adapt::set_mixture_alpha(alone, std::span(candidates).subspan(c * 3, 3));
+        const auto alone = t.mixture_at(std::span(candidates).subspan(c * 3, 3));
         std::size_t correct = 0, exact_matches = 0;
         double log_likelihood = 0, tokens = 0;
         for (std::size_t s = 0; s < t.shots.size(); ++s) {
-            t2::ops::sampler greedy({.temperature = 0.f});
-            const t2::adapt::svf_adapter* a = &alone;
             const std::span<const std::int32_t> prompt = t.shots[s].prompt;
-            const auto answer = t2::nn::generate(t.ex, t.model, std::span(&prompt, 1), greedy,
-                                                 {.max_new_tokens = 4, .end_token = -1}, t2::nn::no_stop_condition{},
-                                                 std::span(&a, 1))[0];
+            const auto answer = t.greedy_answer(alone, s, 4, -1);
             correct += judge(s, answer.tokens) ? 1 : 0;
             exact_matches += answer.tokens == t.shots[s].answer ? 1 : 0;
             auto sequence = t.shots[s].prompt;
@@ -458,20 +467,11 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
     // With an end token, greedy decoding must stop right after the label. The random model
     // repeats itself, so one shot is relabelled: its answer is α*'s greedy tokens up to the
     // first new one, E, which becomes the end token.
-    auto star = t.make_mixture();
-    t2::adapt::set_mixture_alpha(star, t.alpha_star);
-    const auto greedy_answer = [&](const t2::adapt::svf_adapter& a, std::size_t shot, std::size_t budget,
-                                   std::int32_t end) {
-        t2::ops::sampler greedy({.temperature = 0.f});
-        const t2::adapt::svf_adapter* pointer = &a;
-        const std::span<const std::int32_t> prompt = t.shots[shot].prompt;
-        return t2::nn::generate(t.ex, t.model, std::span(&prompt, 1), greedy, {.max_new_tokens = budget, .end_token = end},
-                                t2::nn::no_stop_condition{}, std::span(&pointer, 1))[0];
-    };
+    const auto star = t.mixture_at(t.alpha_star);
     auto ended_shots = t.shots;
     std::int32_t E = -1;
     for (std::size_t s = 0; s < t.shots.size() && E < 0; ++s) {
-        const auto tokens = greedy_answer(star, s, 5, -1).tokens;
+        const auto tokens = t.greedy_answer(star, s, 5, -1).tokens;
         for (std::size_t j = 1; j < tokens.size() && E < 0; ++j)
             if (std::find(tokens.begin(), tokens.begin() + std::ptrdiff_t(j), tokens[j]) == tokens.begin() + std::ptrdiff_t(j)) {
                 ended_shots[s].answer.assign(tokens.begin(), tokens.begin() + std::ptrdiff_t(j));
@@ -487,13 +487,12 @@ TEST_CASE("train: the few-shot score counts greedy answers that match, ties brok
         CAPTURE(c);
         if (c == 1)
             continue;
-        auto alone = t.make_mixture();
-        t2::adapt::set_mixture_alpha(alone, std::span(candidates).subspan(c * 3, 3));
+        const auto alone = t.mixture_at(std::span(candidates).subspan(c * 3, 3));
         std::size_t generated = 0;
         for (std::size_t s = 0; s < t.shots.size(); ++s) {
             auto want = ended_shots[s].answer;
             want.push_back(E);
-            generated += greedy_answer(alone, s, want.size(), E).tokens == want ? 1 : 0;
+            generated += t.greedy_answer(alone, s, want.size(), E).tokens == want ? 1 : 0;
         }
         CHECK(ended.scores()[c].correct == generated);
     }
