@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "support/check.hpp"
@@ -159,6 +160,61 @@ TEST_CASE("gemm threads<simd> gives simd's result bit for bit, whichever way it 
                 CHECK(std::equal(got.span().begin(), got.span().end(), want.span().begin()));
             }
         }
+}
+
+// Products over one A: what a gemm call each gives, bit for bit, on every executor, whether
+// they share one job (few rows of A, Bs transposed) or fall back to a call each (more rows),
+// for f32 and bf16 Bs of odd widths, including an empty one.
+template <class TB, class E>
+void check_same_a(const E& ex, std::size_t m, std::uint64_t seed) {
+    const std::size_t k = 131, widths[] = {67, 0, 300, 1};
+    const matrix<float> a = t2_test::random_matrix(m, k, seed);
+    std::vector<matrix<TB>> bs;
+    std::vector<matrix<float>> want, got;
+    std::vector<t2::ops::gemm_product<TB>> products;
+    for (std::size_t n : widths) {
+        const matrix<float> b32 = t2_test::random_matrix(n, k, seed += 7);
+        matrix<TB> b(n, k);
+        for (std::size_t i = 0; i < b.size(); ++i)
+            b[i] = t2::from_f32<TB>(b32[i]);
+        bs.push_back(std::move(b));
+        want.push_back(t2_test::random_matrix(m, n, seed + 1));
+        got.push_back(want.back());
+    }
+    const gemm_options o{.transpose_b = true, .alpha = 0.5f, .beta = 0.25f};
+    for (std::size_t i = 0; i < bs.size(); ++i) {
+        t2::ops::gemm(ex, a, bs[i].view(), want[i].view(), o);
+        products.push_back({bs[i].view(), got[i].view()});
+    }
+    t2::ops::gemm_same_a(ex, a, std::span<const t2::ops::gemm_product<TB>>(products), o);
+    for (std::size_t i = 0; i < bs.size(); ++i) {
+        CAPTURE(i);
+        CHECK(std::equal(got[i].span().begin(), got[i].span().end(), want[i].span().begin()));
+    }
+}
+
+TEST_CASE("gemm_same_a gives a gemm call each's result bit for bit") {
+    for (std::size_t m : {1, 3, 4, 9}) {
+        CAPTURE(m);
+        check_same_a<float>(t2::exec::scalar{}, m, 10 + m);
+        check_same_a<t2::bf16>(t2::exec::scalar{}, m, 20 + m);
+#if T2_ENABLE_SIMD
+        check_same_a<float>(t2::exec::simd<>{}, m, 30 + m);
+        for (std::size_t n : {1, 2, 3}) {
+            CAPTURE(n);
+            t2::exec::thread_pool pool(n);
+            const t2::exec::threads<t2::exec::simd<>> ex(pool);
+            check_same_a<float>(ex, m, 40 + m);
+            check_same_a<t2::bf16>(ex, m, 50 + m);
+        }
+#endif
+    }
+    matrix<float> a(1, 4), b(3, 5), c(1, 3);
+    const t2::ops::gemm_product<float> mismatched[] = {{b.view(), c.view()}};
+    const std::span<const t2::ops::gemm_product<float>> products(mismatched);
+    const gemm_options transposed{.transpose_b = true};
+    CHECK_THROWS_WITH_AS(t2::ops::gemm_same_a(t2::exec::scalar{}, a, products, transposed), doctest::Contains("gemm"),
+                         t2::error);
 }
 
 TEST_CASE("gemm threads<scalar> matches scalar") {

@@ -1,6 +1,10 @@
 // See files.hpp.
 #include "files.hpp"
 
+#include <filesystem>
+
+#include "command.hpp"
+
 #include "t2/io/adapter_files.hpp"
 #include "t2/io/load.hpp"
 
@@ -17,5 +21,19 @@ void write_decomposition(const std::string& path, const t2::adapt::decomposition
 }
 
 t2::adapt::expert read_expert(const std::string& path) { return t2::io::read_expert(path); }
+
+t2::io::tokenizer find_tokenizer(const std::optional<std::string>& path, const t2::io::checkpoint& ck,
+                                 const std::string& model_path, bool first_entries_only) {
+    if (path)
+        return t2::io::read_llama2c_tokenizer(*path, ck.config.vocab_size, {.first_entries_only = first_entries_only});
+    if (ck.tokenizer)
+        return *ck.tokenizer;
+    const auto beside = std::filesystem::path(model_path).parent_path() / "tokenizer.bin";
+    if (std::filesystem::exists(beside))
+        return t2::io::read_llama2c_tokenizer(beside.string(), ck.config.vocab_size,
+                                              {.first_entries_only = first_entries_only});
+    throw usage_error(model_path + " embeds no tokenizer and there is no tokenizer.bin beside it; "
+                                   "pass --tokenizer FILE");
+}
 
 } // namespace t2_tool

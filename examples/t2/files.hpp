@@ -2,12 +2,14 @@
 // compiled once, in files.cpp, rather than in every command that opens a file.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "t2/adapt/decomposition.hpp"
 #include "t2/adapt/model.hpp"
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/file_image.hpp"
+#include "t2/io/tokenizer.hpp"
 
 namespace t2_tool {
 
@@ -17,5 +19,10 @@ t2::io::checkpoint load_checkpoint(const std::string& path, const t2::io::load_o
 t2::adapt::decomposition read_decomposition(const std::string& path);
 void write_decomposition(const std::string& path, const t2::adapt::decomposition& d);
 t2::adapt::expert read_expert(const std::string& path);
+
+// The tokenizer for a model: `path` if given, else the one the checkpoint embeds, else the
+// tokenizer.bin beside model_path; first_entries_only reads a larger vocabulary's prefix.
+t2::io::tokenizer find_tokenizer(const std::optional<std::string>& path, const t2::io::checkpoint& ck,
+                                 const std::string& model_path, bool first_entries_only = false);
 
 } // namespace t2_tool

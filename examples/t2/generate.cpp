@@ -3,7 +3,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
-#include <filesystem>
 #include <limits>
 #include <memory>
 #include <string>
@@ -27,21 +26,6 @@ struct generate_options : model_options {
     bool ids = false;
 };
 
-t2::io::tokenizer find_tokenizer(const generate_options& args, const t2::io::checkpoint& ck,
-                                 const std::string& model_path) {
-    if (const auto path = args.tokenizer)
-        return t2::io::read_llama2c_tokenizer(*path, ck.config.vocab_size,
-                                              {.first_entries_only = args.tokenizer_prefix});
-    if (ck.tokenizer)
-        return *ck.tokenizer;
-    const auto beside = std::filesystem::path(model_path).parent_path() / "tokenizer.bin";
-    if (std::filesystem::exists(beside))
-        return t2::io::read_llama2c_tokenizer(beside.string(), ck.config.vocab_size,
-                                              {.first_entries_only = args.tokenizer_prefix});
-    throw usage_error(model_path + " embeds no tokenizer and there is no tokenizer.bin beside it; "
-                                   "pass --tokenizer FILE");
-}
-
 // Prints a piece as run.c's safe_printf does: lone bytes that are not printable or
 // whitespace (control characters from <0xXX> tokens) are dropped.
 void print_piece(const std::string& piece) {
@@ -60,7 +44,7 @@ void generate(const generate_options& args) {
     const bool print_ids = args.ids;
 
     t2::io::checkpoint ck = load_checkpoint(model_path, load_options_for(args));
-    const t2::io::tokenizer tok = find_tokenizer(args, ck, model_path);
+    const t2::io::tokenizer tok = find_tokenizer(args.tokenizer, ck, model_path, args.tokenizer_prefix);
     if (tok.vocab_size() != ck.config.vocab_size)
         throw t2::error("the tokenizer has " + std::to_string(tok.vocab_size()) +
                         " tokens but the model " + std::to_string(ck.config.vocab_size));

@@ -137,9 +137,7 @@ void train_expert(const train_options& a) {
     }
 
     t2::io::checkpoint ck = load_checkpoint(a.model);
-    const t2::io::tokenizer tok = a.tokenizer ? t2::io::read_llama2c_tokenizer(*a.tokenizer, ck.config.vocab_size)
-                                  : ck.tokenizer ? *ck.tokenizer
-                                                 : throw usage_error(a.model + " embeds no tokenizer; pass --tokenizer FILE");
+    const t2::io::tokenizer tok = find_tokenizer(a.tokenizer, ck, a.model);
     const auto d = read_decomposition(a.decomposition);
     const auto model = t2::adapt::make_svf_model(ck.config, ck.weights, d); // refuses another model's SVD
     auto examples = read_examples(a.data, tok, a.seed);
@@ -298,7 +296,7 @@ void train_expert(const train_options& a) {
     progress.finish();
 
     if (state.best_parameters.empty())
-        throw t2::error("no validation ran (--eval-every 0 and no last step?); nothing to write");
+        throw t2::error("no validation ran; nothing to write");
     std::copy(state.best_parameters.begin(), state.best_parameters.end(), adapter.parameters().begin());
     const std::string task = std::filesystem::path(a.data).stem().string();
     t2::io::write_expert(a.out, t2::adapt::to_expert(adapter, d, task, training_record(a, lr, clip, state)));
@@ -314,7 +312,7 @@ void add_train_expert(command& app) {
     auto o = std::make_shared<train_options>();
     app.subcommand("train-expert", "train an SVF expert on prompt / answer pairs")
         .model(o->model)
-        .option("--tokenizer", o->tokenizer, "FILE", "llama2.c tokenizer.bin (default: the one the model embeds)")
+        .option("--tokenizer", o->tokenizer, "FILE", "llama2.c tokenizer.bin (default: the model's own, or tokenizer.bin beside it)")
         .required("--decomposition", o->decomposition, "FILE", "the model's SVD (from 't2 decompose')")
         .required("--data", o->data, "FILE", "JSON Lines, one {\"prompt\": ..., \"answer\": ...} per line")
         .required("--method", o->method, "NAME", "reinforce, ce (cross-entropy), spsa, es or cem")
@@ -331,7 +329,7 @@ void add_train_expert(command& app) {
         .number("--max-new-tokens", o->max_new_tokens, std::size_t{0}, std::size_t{1} << 20, "N",
                 "reinforce: rollout budget (default: the longest answer)")
         .number("--validation", o->validation, 0.0, 1.0, "F", "share of the pairs held out for validation (default 0.2)")
-        .number("--eval-every", o->eval_every, std::size_t{0}, std::size_t{1} << 30, "N",
+        .number("--eval-every", o->eval_every, std::size_t{1}, std::size_t{1} << 30, "N",
                 "validate (and checkpoint) every N steps; the last step always (default 10)")
         .number("--seed", o->seed, std::uint64_t{0}, ~std::uint64_t{0}, "S", "shuffling, rollouts, perturbations (default 0)")
         .option("--checkpoint", o->checkpoint, "FILE", "where to checkpoint and resume from (default: OUT.checkpoint)")

@@ -245,6 +245,8 @@ done
 expect_exit 0 "$t2" train-expert --help
 expect_message 2 "t2 train-expert: --method wants reinforce, ce, spsa, es or cem, got 'sgd'" \
     "${train[@]}" --method sgd --out "$tmp/x.safetensors"
+expect_message 2 "t2 train-expert: --eval-every: wants a number from 1 to" \
+    "${train[@]}" --method ce --eval-every 0 --out "$tmp/x.safetensors"
 printf '{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n' >"$tmp/bad.jsonl"
 expect_exit 1 "$t2" train-expert --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors" \
     --data "$tmp/bad.jsonl" --method ce --out "$tmp/x.safetensors"

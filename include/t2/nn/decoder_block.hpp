@@ -67,6 +67,22 @@ void project(const E& ex, const linear<Weight>& m, projection p, matrix_view<con
         m(ex, x, y, adapters.rows[static_cast<std::size_t>(p)], adapters.scratch);
 }
 
+// Projections that read the same x: together when no adapter runs (see nn::apply_same_input).
+template <exec::cpu_executor E, weight_policy Weight, class Adapters, std::size_t N>
+void project_same_input(const E& ex, const block_weights<Weight>& w, const std::array<projection, N>& ps,
+                        matrix_view<const float> x, const std::array<matrix_view<float>, N>& ys,
+                        const Adapters& adapters) {
+    if constexpr (std::is_same_v<Adapters, no_block_adapters>) {
+        std::array<const linear<Weight>*, N> layers;
+        for (std::size_t i = 0; i < N; ++i)
+            layers[i] = &projection_of(w, ps[i]);
+        apply_same_input(ex, layers, x, ys);
+    } else {
+        for (std::size_t i = 0; i < N; ++i)
+            project(ex, projection_of(w, ps[i]), ps[i], x, ys[i], adapters);
+    }
+}
+
 } // namespace detail
 
 template <exec::cpu_executor E, model_config C, weight_policy Weight, class Attention,
@@ -77,9 +93,8 @@ void block_forward(const E& ex, const C& c, const block_weights<Weight>& w, cons
         detail::project(ex, projection_of(w, p), p, x, y, adapters);
     };
     ops::rmsnorm(ex, a.x, w.attention_norm, a.h1, c.norm_eps);
-    project(projection::wq, a.h1, a.q);
-    project(projection::wk, a.h1, a.k);
-    project(projection::wv, a.h1, a.v);
+    detail::project_same_input(ex, w, std::array{projection::wq, projection::wk, projection::wv}, a.h1,
+                               std::array{a.q, a.k, a.v}, adapters);
     const ops::rope_config rope{head_dim(c), c.rope_theta, c.rope_layout};
     ops::rope(ex, a.q, positions, rope);
     ops::rope(ex, a.k, positions, rope);
@@ -89,8 +104,8 @@ void block_forward(const E& ex, const C& c, const block_weights<Weight>& w, cons
     ops::add(ex, a.x.flat(), a.projected.flat(), a.x_mid.flat());
 
     ops::rmsnorm(ex, a.x_mid, w.mlp_norm, a.h2, c.norm_eps);
-    project(projection::w1, a.h2, a.gate);
-    project(projection::w3, a.h2, a.up);
+    detail::project_same_input(ex, w, std::array{projection::w1, projection::w3}, a.h2, std::array{a.gate, a.up},
+                               adapters);
     ops::swiglu(ex, a.gate.flat(), a.up.flat(), a.act.flat());
     project(projection::w2, a.act, a.projected);
     ops::add(ex, a.x_mid.flat(), a.projected.flat(), a.out.flat());

@@ -13,6 +13,7 @@
 //   scratch_floats(rows, state), backward_scratch_floats(rows, state)
 // and forward(ex, x, y) alone runs the base. Layers never change when the weight
 // representation does.
+#include <array>
 #include <cstddef>
 #include <memory>
 #include <span>
@@ -140,15 +141,40 @@ public:
         weight_.backward(ex, x, dy, dx, std::forward<Gradient>(grad)...);
     }
 
-private:
     void check(matrix_view<const float> x, matrix_view<float> y) const {
         T2_CHECK(x.extent(1) == in_features() && y.extent(1) == out_features() && x.extent(0) == y.extent(0),
                  "linear: weight is ", out_features(), "x", in_features(), ", x is ", x.shape(), ", y is ",
                  y.shape());
     }
 
+private:
     Weight weight_;
 };
+
+template <class P>
+inline constexpr bool is_dense_v = false;
+template <class T>
+inline constexpr bool is_dense_v<dense<T>> = true;
+
+// y_i = x·W_iᵀ for layers that read the same x (q, k and v; gate and up), bit for bit what
+// calling each gives. Dense weights run as one ops::gemm_same_a, which on a thread pool
+// makes decoding's few-row products one job rather than one each.
+template <exec::cpu_executor E, weight_policy Weight, std::size_t N>
+void apply_same_input(const E& ex, const std::array<const linear<Weight>*, N>& layers, matrix_view<const float> x,
+                      const std::array<matrix_view<float>, N>& ys) {
+    if constexpr (is_dense_v<Weight>) {
+        using T = typename decltype(layers[0]->weight().weight())::value_type;
+        std::array<ops::gemm_product<T>, N> products;
+        for (std::size_t i = 0; i < N; ++i) {
+            layers[i]->check(x, ys[i]);
+            products[i] = {layers[i]->weight().weight(), ys[i]};
+        }
+        ops::gemm_same_a(ex, x, std::span<const ops::gemm_product<T>>(products), {.transpose_b = true});
+    } else {
+        for (std::size_t i = 0; i < N; ++i)
+            (*layers[i])(ex, x, ys[i]);
+    }
+}
 
 } // namespace nn
 T2_NAMESPACE_END

@@ -11,7 +11,9 @@
 // packed, cache-blocked micro-kernel for large products and a dot-product kernel for
 // x·Wᵀ with few rows of x; threads<Inner> splits C into column (or row) blocks.
 #include <algorithm>
+#include <array>
 #include <cstddef>
+#include <span>
 #include <type_traits>
 #include <utility>
 
@@ -146,9 +148,9 @@ void gemm(const exec::threads<exec::simd<Arch>>& ex, const gemm_args<TB>& g) {
 }
 #endif
 
-template <exec::cpu_executor E, class TB>
-void gemm_impl(const E& ex, matrix_view<const float> a, matrix_view<const TB> b, matrix_view<float> c,
-               const gemm_options& options) {
+template <class TB>
+gemm_args<TB> make_gemm_args(matrix_view<const float> a, matrix_view<const TB> b, matrix_view<float> c,
+                             const gemm_options& options) {
     const std::size_t m = options.transpose_a ? a.extent(1) : a.extent(0);
     const std::size_t k = options.transpose_a ? a.extent(0) : a.extent(1);
     const std::size_t kb = options.transpose_b ? b.extent(1) : b.extent(0);
@@ -157,12 +159,65 @@ void gemm_impl(const E& ex, matrix_view<const float> a, matrix_view<const TB> b,
              ", op(B) is ", kb, "x", n, " and C is ", c.shape(), "; need C = ", m, "x", n,
              " and matching inner dimensions (A ", a.shape(), (options.transpose_a ? "ᵀ" : ""),
              ", B ", b.shape(), (options.transpose_b ? "ᵀ" : ""), ")");
-    if (m == 0 || n == 0)
+    return {options.transpose_a, options.transpose_b, m, n, k,
+            options.alpha, a.data(), a.extent(1), b.data(), b.extent(1),
+            options.beta, c.data(), n};
+}
+
+template <exec::cpu_executor E, class TB>
+void gemm_impl(const E& ex, matrix_view<const float> a, matrix_view<const TB> b, matrix_view<float> c,
+               const gemm_options& options) {
+    const auto g = make_gemm_args(a, b, c, options);
+    if (g.m != 0 && g.n != 0)
+        gemm(ex, g);
+}
+
+// Several few-row products over one A (the q, k, v projections of a decoded token), as one
+// job: their 64-column blocks are numbered one after another and split across the pool
+// together. At decoding each product is a few hundred microseconds of streaming its B, and a
+// pool job per product paid a fork-join and the slower core's tail for each (two-thread bf16
+// decode of the stories42M shape: 1.59× f32 before, see benchmarks/README.md). Each block is
+// the same inner gemm the column split runs, so the results are bit for bit those of
+// separate gemm calls.
+template <class Inner, class TB>
+void gemm_same_a(const exec::threads<Inner>& ex, std::span<const gemm_args<TB>> products) {
+    constexpr std::size_t block = split_block;
+    std::size_t blocks = 0, work = 0;
+    bool few_rows = true;
+    for (const auto& g : products) {
+        if (g.m == 0)
+            continue;
+        blocks += (g.n + block - 1) / block;
+        work += g.m * g.n * std::max<std::size_t>(g.k, 1);
+        few_rows = few_rows && g.m <= skinny_rows && g.trans_b && !g.trans_a;
+    }
+    if (!few_rows || ex.concurrency() == 1 || work < (std::size_t{1} << 15)) {
+        for (const auto& g : products)
+            if (g.m != 0 && g.n != 0)
+                gemm(ex, g);
         return;
-    const gemm_args<TB> g{options.transpose_a, options.transpose_b, m, n, k,
-                          options.alpha, a.data(), a.extent(1), b.data(), b.extent(1),
-                          options.beta, c.data(), n};
-    gemm(ex, g);
+    }
+    ex.parallel_for(blocks, 1, [&](std::size_t b0, std::size_t b1) {
+        std::size_t first = 0; // the number of the current product's first block
+        for (const auto& g : products) {
+            if (g.m == 0)
+                continue;
+            const std::size_t count = (g.n + block - 1) / block;
+            const std::size_t from = std::max(b0, first), to = std::min(b1, first + count);
+            if (from < to) {
+                const std::size_t j0 = (from - first) * block, j1 = std::min(g.n, (to - first) * block);
+                gemm(ex.inner(), g.column_block(j0, j1 - j0));
+            }
+            first += count;
+        }
+    });
+}
+
+template <exec::cpu_executor E, class TB>
+void gemm_same_a(const E& ex, std::span<const gemm_args<TB>> products) {
+    for (const auto& g : products)
+        if (g.m != 0 && g.n != 0)
+            gemm(ex, g);
 }
 
 } // namespace detail
@@ -177,6 +232,26 @@ template <exec::cpu_executor E>
 void gemm(const E& ex, matrix_view<const float> a, matrix_view<const bf16> b, matrix_view<float> c,
           const gemm_options& options = {}) {
     detail::gemm_impl(ex, a, b, c, options);
+}
+
+// Several products over one A, C_i = alpha · op(A) · op(B_i) + beta · C_i, bit for bit what a
+// gemm call each gives; on a thread pool, few-row products (decoding's q, k and v) share one
+// job instead of one each.
+template <class TB>
+struct gemm_product {
+    matrix_view<const TB> b;
+    matrix_view<float> c;
+};
+
+template <exec::cpu_executor E, class TB>
+void gemm_same_a(const E& ex, matrix_view<const float> a, std::span<const gemm_product<TB>> products,
+                 const gemm_options& options = {}) {
+    constexpr std::size_t most = 8;
+    T2_CHECK(products.size() <= most, "gemm_same_a: at most ", most, " products, got ", products.size());
+    std::array<detail::gemm_args<TB>, most> args{};
+    for (std::size_t i = 0; i < products.size(); ++i)
+        args[i] = detail::make_gemm_args(a, products[i].b, products[i].c, options);
+    detail::gemm_same_a(ex, std::span<const detail::gemm_args<TB>>(args.data(), products.size()));
 }
 
 } // namespace ops
