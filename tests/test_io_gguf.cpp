@@ -5,6 +5,10 @@
 // and malformed files (truncation at every header byte, bit flips in every count, length,
 // dimension, offset and type, absurd counts, semantic errors), each of which must give a
 // t2::error and never crash (run this test under -fsanitize=address,undefined too).
+// Export (io/gguf_writer.hpp, adapt/export.hpp): stories260K with an expert or a mixture
+// applied, written as F32 (read back: the adapted logits bit for bit) and F16 (within the
+// rounding of the weights), its vocabulary as llama.cpp's converter wrote it; a rotate-halves
+// model permuted to llama.cpp's layout; bad input refused with the target untouched.
 //
 // With T2_WRITE_GGUF_CORPUS=DIR in the environment, the "seed corpus" case writes the fuzz
 // seeds (fuzz/corpus/gguf/) into DIR.
@@ -17,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -25,17 +30,22 @@
 #include <string>
 #include <vector>
 
+#include "t2/adapt/decomposition.hpp"
+#include "t2/adapt/export.hpp"
 #include "t2/core/dtype.hpp"
 #include "t2/core/rng.hpp"
 #include "t2/exec/scalar.hpp"
 #include "t2/exec/simd.hpp"
 #include "t2/io/gguf.hpp"
+#include "t2/io/gguf_writer.hpp"
 #include "t2/io/llama2c.hpp"
 #include "t2/io/tokenizer.hpp"
 #include "t2/nn/llama.hpp"
+#include "t2/nn/random_init.hpp"
 #include "t2/ops/sampling.hpp"
 
 #include "support/temp_dir.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -997,4 +1007,436 @@ TEST_CASE("gguf: seed corpus") {
             std::ofstream(std::string(dir) + "/" + name, std::ios::binary)
                 .write(reinterpret_cast<const char*>(file.data()), std::streamsize(file.size()));
     }
+}
+
+// ---- export: adapted models written as GGUF -------------------------------------------------
+
+namespace {
+
+#if T2_ENABLE_SIMD
+using export_executor = t2::exec::simd<>;
+#else
+using export_executor = t2::exec::scalar;
+#endif
+using svf_model_t = t2::nn::llama<t2::nn::llama_config, t2::adapt::svf>;
+
+// stories260K with the SVD of every matrix of layers 1 and 3 (attention, q and k among them,
+// and MLP); the other layers stay the base. Loaded and decomposed once.
+struct export_base {
+    t2::io::checkpoint ck;
+    t2::io::tokenizer tok;
+    t2::adapt::decomposition d;
+};
+
+const export_base& export_stories() {
+    static const export_base s = [] {
+        auto ck = t2::io::read_llama2c(shared("stories260K.bin"));
+        auto tok = t2::io::read_llama2c_tokenizer(shared("tok512.bin"), ck.config.vocab_size);
+        auto d = t2::adapt::decompose(t2::exec::scalar{}, ck.config, ck.weights,
+                                      t2::adapt::selection::pattern("layers\\.[13]\\..*"));
+        return export_base{std::move(ck), std::move(tok), std::move(d)};
+    }();
+    return s;
+}
+
+// z uniform in [0.5, 1.5] for every decomposed matrix.
+t2::adapt::expert export_expert(const t2::adapt::decomposition& d, std::uint64_t seed, bool rescale) {
+    t2::adapt::expert e{d.base_model_hash, rescale, "export " + std::to_string(seed), "", {}};
+    const t2::philox rng(seed);
+    std::uint64_t n = 0;
+    for (const auto& m : d.matrices) {
+        std::vector<float> z(m.factors.rank());
+        for (float& v : z)
+            v = rng.uniform(n++, 0.5f, 1.5f);
+        e.z.emplace_back(m.name, std::move(z));
+    }
+    return e;
+}
+
+const std::vector<std::int32_t> export_tokens{1, 403, 407, 261, 378, 432, 383, 286, 5, 100, 511, 3, 260};
+
+// The logits of every position of export_tokens.
+template <class Model>
+std::vector<float> all_logits(const Model& m, const typename Model::adapter_type* adapter = nullptr) {
+    auto state = m.make_state(export_tokens.size());
+    const auto logits = m.forward(export_executor{}, state, export_tokens, t2::nn::logits_for::all, adapter);
+    return {logits.span().begin(), logits.span().end()};
+}
+
+bool same_bits(std::span<const float> a, std::span<const float> b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
+}
+
+std::vector<t2::matrix_view<const float>> block_matrices_of(const t2::nn::llama_weights<t2::nn::dense<float>>& w) {
+    std::vector<t2::matrix_view<const float>> out;
+    for (const auto& b : w.blocks)
+        for (const auto p : t2::nn::all_projections)
+            out.push_back(t2::nn::projection_of(b, p).weight().weight());
+    return out;
+}
+
+// The file's tensors in order lie back to back, each at a multiple of the alignment and
+// padded to the next: the only packing ggml's reader accepts.
+void check_packing(const t2::io::gguf_file& f, std::size_t file_size) {
+    std::uint64_t next = 0;
+    for (const auto& t : f.tensors()) {
+        INFO(t.name);
+        CHECK(t.offset == next);
+        next = (t.offset + t.data.size() + f.alignment() - 1) / f.alignment() * f.alignment();
+    }
+    CHECK(f.data_offset() + next == file_size);
+}
+
+std::vector<std::string> strings_of(const t2::io::gguf_file& f, std::string_view key) {
+    const auto views = f.get_strings(key);
+    return {views.begin(), views.end()};
+}
+
+} // namespace
+
+TEST_CASE("gguf export: stories260K with an expert reads back with its config, vocabulary and exact logits") {
+    const export_base& s = export_stories();
+    const auto& c = s.ck.config;
+    const svf_model_t model = t2::adapt::make_svf_model(c, s.ck.weights, s.d);
+    auto adapter = t2::adapt::make_svf_adapter(model, {.rescale = true});
+    t2::adapt::apply_expert(adapter, s.d, export_expert(s.d, 1, true));
+    const export_executor ex;
+    const auto merged = t2::adapt::merged_weights(ex, model, adapter);
+    const std::string path = t2_test::temp_dir() + "/export_expert.gguf";
+    t2::io::write_gguf(path, c, merged, &s.tok, {.name = "stories260K + export 1"});
+
+    // The metadata llama.cpp's loader reads, with the types it insists on.
+    const bytes_t bytes = read_all(path);
+    const t2::io::gguf_file f(std::span<const std::byte>(bytes.data(), bytes.size()), path);
+    CHECK(f.version() == 3);
+    CHECK(f.alignment() == 32);
+    check_packing(f, bytes.size());
+    CHECK(f.get_string("general.architecture") == "llama");
+    CHECK(f.get_string("general.name") == "stories260K + export 1");
+    using t2::io::gguf_type;
+    const std::pair<const char*, std::uint64_t> dims[] = {
+        {"general.alignment", 32}, {"general.file_type", 0}, {"llama.vocab_size", 512},
+        {"llama.context_length", 512}, {"llama.embedding_length", 64}, {"llama.block_count", 5},
+        {"llama.feed_forward_length", 172}, {"llama.rope.dimension_count", 8},
+        {"llama.attention.head_count", 8}, {"llama.attention.head_count_kv", 4},
+        {"tokenizer.ggml.unknown_token_id", 0}, {"tokenizer.ggml.bos_token_id", 1}, {"tokenizer.ggml.eos_token_id", 2}};
+    for (const auto& entry : dims) {
+        const char* key = entry.first;
+        INFO(key);
+        REQUIRE(f.find(key));
+        CHECK(f.find(key)->type == gguf_type::uint32);
+        CHECK(f.get_uint(key) == entry.second);
+    }
+    CHECK(f.find("llama.attention.layer_norm_rms_epsilon")->type == gguf_type::float32);
+    CHECK(f.get_float("llama.attention.layer_norm_rms_epsilon") == double(c.norm_eps));
+    CHECK(f.find("llama.rope.freq_base")->type == gguf_type::float32);
+    CHECK(f.get_float("llama.rope.freq_base") == 10000.0);
+    CHECK(f.get_string("tokenizer.ggml.model") == "llama");
+    CHECK(f.find("tokenizer.ggml.tokens")->element_type == gguf_type::string);
+    CHECK(f.find("tokenizer.ggml.scores")->element_type == gguf_type::float32);
+    CHECK(f.find("tokenizer.ggml.token_type")->element_type == gguf_type::int32);
+    // The vocabulary is what llama.cpp's convert-llama2c-to-ggml wrote from the same
+    // tok512.bin into stories260K.gguf: pieces, scores and token types, element for element.
+    const bytes_t reference_bytes = read_all(shared("stories260K.gguf"));
+    const t2::io::gguf_file reference(std::span<const std::byte>(reference_bytes.data(), reference_bytes.size()),
+                                      "stories260K.gguf");
+    CHECK(strings_of(f, "tokenizer.ggml.tokens") == strings_of(reference, "tokenizer.ggml.tokens"));
+    CHECK(f.get_floats("tokenizer.ggml.scores") == reference.get_floats("tokenizer.ggml.scores"));
+    CHECK(f.get_ints("tokenizer.ggml.token_type") == reference.get_ints("tokenizer.ggml.token_type"));
+    // llama.cpp's names, every matrix F32; no output.weight: the classifier is the embedding.
+    REQUIRE(f.tensors().size() == 2 + 9 * c.n_layers);
+    const char* block[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                           "ffn_norm", "ffn_gate", "ffn_down", "ffn_up"};
+    CHECK(f.tensors().front().name == "token_embd.weight");
+    for (std::size_t l = 0; l < c.n_layers; ++l)
+        for (std::size_t i = 0; i < 9; ++i)
+            CHECK(f.tensors()[1 + 9 * l + i].name == "blk." + std::to_string(l) + "." + block[i] + ".weight");
+    CHECK(f.tensors().back().name == "output_norm.weight");
+    for (const auto& t : f.tensors())
+        CHECK(t.type == std::uint32_t(t2::io::ggml_type::f32));
+
+    // Read back: the same configuration and tokenizer, the merged weights bit for bit.
+    auto back = t2::io::read_gguf(path);
+    CHECK(back.config.dim == c.dim);
+    CHECK(back.config.hidden_dim == c.hidden_dim);
+    CHECK(back.config.n_layers == c.n_layers);
+    CHECK(back.config.n_heads == c.n_heads);
+    CHECK(back.config.n_kv_heads == c.n_kv_heads);
+    CHECK(back.config.vocab_size == c.vocab_size);
+    CHECK(back.config.seq_len == c.seq_len);
+    CHECK(back.config.norm_eps == c.norm_eps);
+    CHECK(back.config.rope_theta == c.rope_theta);
+    CHECK(back.config.rope_layout == c.rope_layout);
+    CHECK(back.config.shared_classifier);
+    REQUIRE(back.tokenizer);
+    REQUIRE(back.tokenizer->vocab_size() == s.tok.vocab_size());
+    for (std::int32_t i = 0; i < 512; ++i) {
+        INFO("token " << i);
+        CHECK(back.tokenizer->piece(i) == s.tok.piece(i));
+        CHECK(back.tokenizer->score(i) == s.tok.score(i));
+    }
+    const auto written = block_matrices_of(merged), read = block_matrices_of(back.weights),
+               base = block_matrices_of(s.ck.weights);
+    for (std::size_t i = 0; i < written.size(); ++i) {
+        INFO("matrix " << i);
+        CHECK(same_bits(read[i].span(), written[i].span()));
+        // Layers 1 and 3 are adapted, the others the base.
+        const bool adapted = i / 7 == 1 || i / 7 == 3;
+        CHECK(same_bits(read[i].span(), base[i].span()) != adapted);
+    }
+    CHECK(same_bits(back.weights.token_embedding.span(), s.ck.weights.token_embedding.span()));
+
+    // The logits: those of the adapted model running the W's it composes, bit for bit; and
+    // the expert does change them.
+    t2::adapt::prepare(ex, model, adapter, 0, t2::adapt::svf_mode::composed);
+    const auto adapted_logits = all_logits(model, &adapter);
+    const model_t reread(back.config, std::move(back.weights));
+    CHECK(same_bits(all_logits(reread), adapted_logits));
+    const auto base_logits = all_logits(model_t(c, s.ck.weights));
+    double moved = 0;
+    for (std::size_t i = 0; i < base_logits.size(); ++i)
+        moved = std::max(moved, double(std::abs(base_logits[i] - adapted_logits[i])));
+    CHECK(moved > 1e-2);
+}
+
+TEST_CASE("gguf export: F16 holds the nearest halves of the weights, the logits within their rounding") {
+    const export_base& s = export_stories();
+    const auto& c = s.ck.config;
+    const svf_model_t model = t2::adapt::make_svf_model(c, s.ck.weights, s.d);
+    auto adapter = t2::adapt::make_svf_adapter(model);
+    t2::adapt::apply_expert(adapter, s.d, export_expert(s.d, 2, false));
+    const export_executor ex;
+    const auto merged = t2::adapt::merged_weights(ex, model, adapter);
+    const std::string path = t2_test::temp_dir() + "/export_f16.gguf";
+    t2::io::write_gguf(path, c, merged, &s.tok, {.type = t2::io::ggml_type::f16});
+
+    auto back = t2::io::read_gguf(path);
+    for (const auto& t : back.tensors) {
+        INFO(t.name);
+        CHECK(t.dtype == (t.shape.size() == 1 ? "f32" : "f16")); // norms stay F32
+    }
+    {
+        const bytes_t bytes = read_all(path);
+        const t2::io::gguf_file f(std::span<const std::byte>(bytes.data(), bytes.size()), path);
+        CHECK(f.get_uint("general.file_type") == 1u); // LLAMA_FTYPE_MOSTLY_F16
+        check_packing(f, bytes.size());
+    }
+    // Every stored weight is the f32 weight rounded to nearest even (core/dtype.hpp's
+    // conversion, tested against IEEE elsewhere); norms exactly.
+    const auto rounded = [](std::span<const float> v) {
+        std::vector<float> out(v.size());
+        for (std::size_t i = 0; i < v.size(); ++i)
+            out[i] = t2::detail::f16_to_f32(t2::detail::f32_to_f16(v[i]));
+        return out;
+    };
+    const auto written = block_matrices_of(merged), read = block_matrices_of(back.weights);
+    for (std::size_t i = 0; i < written.size(); ++i)
+        CHECK(same_bits(read[i].span(), rounded(written[i].span())));
+    CHECK(same_bits(back.weights.token_embedding.span(), rounded(merged.token_embedding.span())));
+    CHECK(same_bits(back.weights.final_norm.span(), merged.final_norm.span()));
+
+    // The bound. A product y_i = W_i·x with W_i stored as W_i + ΔW_i moves by |ΔW_i·x| ≤
+    // ε‖W_i‖₂‖x‖₂ (Cauchy–Schwarz), ε = max_i ‖ΔW_i‖₂ / ‖W_i‖₂ the matrix's relative rounding,
+    // at most u₁₆ = 2⁻¹¹ (F16 rounds to nearest; below 2⁻¹⁴, the subnormals, the absolute error
+    // 2⁻²⁵ is measured into ε all the same). Relative to the ‖W_i‖‖x‖ scale of comment 3 of
+    // support/tolerance.hpp, these errors add along the chain of its comment 2 to first order:
+    // per block q and k (through the scores), v, wo, w1 and w3 (through the gate) and w2; then
+    // the embedding the stream starts from and the classifier (the tied embedding, F16 too).
+    // A logit therefore moves by at most Σε · sᵢ, sᵢ = ‖g‖_∞ √D ‖Wᵢ‖₂; the two evaluations
+    // also round their sums differently, 2γ̃_N·sᵢ (logit_order_tolerance).
+    const auto relative_rounding = [](t2::matrix_view<const float> stored, t2::matrix_view<const float> exact) {
+        double worst = 0;
+        for (std::size_t i = 0; i < exact.extent(0); ++i) {
+            double error = 0, norm = 0;
+            for (std::size_t j = 0; j < exact.extent(1); ++j) {
+                const double e = double(stored(i, j)) - double(exact(i, j));
+                error += e * e;
+                norm += double(exact(i, j)) * double(exact(i, j));
+            }
+            worst = std::max(worst, norm > 0 ? std::sqrt(error / norm) : 0.0);
+        }
+        return worst;
+    };
+    const double u16 = 0x1p-11;
+    double chain = 2 * relative_rounding(back.weights.token_embedding, merged.token_embedding);
+    for (std::size_t i = 0; i < written.size(); ++i) {
+        const double epsilon = relative_rounding(read[i], written[i]);
+        INFO("matrix " << i << ": relative rounding " << epsilon);
+        CHECK(epsilon <= u16);
+        chain += epsilon;
+    }
+    const model_t adapted(c, merged), reread(back.config, std::move(back.weights));
+    auto bound = t2_test::logit_order_tolerance(adapted, export_tokens.size());
+    const double order = 2 * t2_test::summation_error_bound(t2_test::summation_chain_length(c, export_tokens.size()));
+    for (float& b : bound)
+        b = float(double(b) * (1 + chain / order)); // 2γ̃_N·sᵢ + Σε·sᵢ
+    T2_CHECK_WITHIN(std::span<const float>(all_logits(reread)), std::span<const float>(all_logits(adapted)),
+                    std::span<const float>(bound));
+}
+
+TEST_CASE("gguf export: a mixture of two experts is exported as the expert z' = Σ α_k z_k") {
+    const export_base& s = export_stories();
+    const auto& c = s.ck.config;
+    const svf_model_t model = t2::adapt::make_svf_model(c, s.ck.weights, s.d);
+    const std::vector<t2::adapt::expert> experts{export_expert(s.d, 3, false), export_expert(s.d, 4, false)};
+    auto mixture = t2::adapt::make_mixture_adapter(model, s.d, experts);
+    const std::vector<float> alpha{0.3f, 0.9f};
+    t2::adapt::set_mixture_alpha(mixture, alpha);
+    const export_executor ex;
+    const auto merged = t2::adapt::merged_weights(ex, model, mixture);
+    const std::string path = t2_test::temp_dir() + "/export_mixture.gguf";
+    t2::io::write_gguf(path, c, merged, &s.tok);
+    auto back = t2::io::read_gguf(path);
+
+    // The mixture's z' of each matrix (svf_state::expert_vector) is α₀z₀ + α₁z₁ to within its
+    // two roundings; an expert holding those z' exports the same W's, bit for bit.
+    t2::adapt::expert mixed{s.d.base_model_hash, false, "mixed", "", {}};
+    for (std::size_t l = 0; l < c.n_layers; ++l)
+        for (std::size_t p = 0; p < t2::nn::projections_per_block; ++p) {
+            const auto& state = mixture.matrix(l, p);
+            if (!state.active())
+                continue;
+            const std::string name = t2::nn::matrix_name(l, t2::nn::all_projections[p]);
+            const auto &z0 = *experts[0].find(name), &z1 = *experts[1].find(name);
+            std::vector<float> z(z0.size());
+            state.expert_vector(z);
+            for (std::size_t j = 0; j < z.size(); ++j) {
+                const double a = double(alpha[0]) * z0[j], b = double(alpha[1]) * z1[j];
+                CHECK(std::abs(double(z[j]) - (a + b)) <= 2 * t2_test::unit_roundoff * (std::abs(a) + std::abs(b)));
+            }
+            mixed.z.emplace_back(name, std::move(z));
+        }
+    CHECK(mixed.z.size() == s.d.matrices.size());
+    auto single = t2::adapt::make_svf_adapter(model);
+    t2::adapt::apply_expert(single, s.d, mixed);
+    const auto expected = t2::adapt::merged_weights(ex, model, single);
+    const auto read = block_matrices_of(back.weights), want = block_matrices_of(expected);
+    for (std::size_t i = 0; i < read.size(); ++i)
+        CHECK(same_bits(read[i].span(), want[i].span()));
+
+    t2::adapt::prepare(ex, model, mixture, 0, t2::adapt::svf_mode::composed);
+    const model_t reread(back.config, std::move(back.weights));
+    CHECK(same_bits(all_logits(reread), all_logits(model, &mixture)));
+}
+
+TEST_CASE("gguf export: a rotate-halves model is written in llama.cpp's interleaved layout") {
+    // GQA, untied classifier, no vocabulary.
+    t2::nn::llama_config c;
+    c.dim = 16, c.hidden_dim = 12, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.vocab_size = 8;
+    c.seq_len = 16, c.rope_layout = t2::ops::rope_layout::halves, c.shared_classifier = false;
+    const auto w = t2::nn::random_weights(c, 5);
+    const std::string path = t2_test::temp_dir() + "/export_halves.gguf";
+    t2::io::write_gguf(path, c, w, nullptr);
+    auto back = t2::io::read_gguf(path);
+    CHECK(back.config.rope_layout == t2::ops::rope_layout::interleaved);
+    CHECK_FALSE(back.config.shared_classifier);
+    CHECK_FALSE(back.tokenizer);
+    {
+        const bytes_t bytes = read_all(path);
+        const t2::io::gguf_file f(std::span<const std::byte>(bytes.data(), bytes.size()), path);
+        CHECK(f.get_string("tokenizer.ggml.model") == "no_vocab");
+        CHECK(f.tensors().back().name == "output.weight");
+    }
+    // Within each head of 8 rows, interleaved row 2i + j is halves row 4j + i (q and k only).
+    const std::size_t hd = t2::nn::head_dim(c);
+    for (std::size_t l = 0; l < c.n_layers; ++l)
+        for (const auto p : {t2::nn::projection::wq, t2::nn::projection::wk, t2::nn::projection::wv}) {
+            const auto got = t2::nn::projection_of(back.weights.blocks[l], p).weight().weight();
+            const auto want = t2::nn::projection_of(w.blocks[l], p).weight().weight();
+            for (std::size_t r = 0; r < got.extent(0); ++r) {
+                const std::size_t head = r / hd, i = (r % hd) / 2, j = r % 2;
+                const std::size_t source = p == t2::nn::projection::wv ? r : head * hd + j * hd / 2 + i;
+                CHECK(same_bits(got.row(r).span(), want.row(source).span()));
+            }
+        }
+    // The same logits, up to the order in which q·k sums the permuted head dimensions.
+    const model_t original(c, w), reread(back.config, std::move(back.weights));
+    const std::vector<std::int32_t> tokens{1, 5, 2, 7, 7, 0, 3, 6, 4, 1};
+    auto a = original.make_state(), b = reread.make_state();
+    const auto want = original.forward(export_executor{}, a, tokens, t2::nn::logits_for::all);
+    const auto got = reread.forward(export_executor{}, b, tokens, t2::nn::logits_for::all);
+    const auto bound = t2_test::logit_order_tolerance(original, tokens.size());
+    T2_CHECK_WITHIN(got.span(), want.span(), std::span<const float>(bound));
+
+    // The same model in F16: a fuzz seed (fuzz/corpus/gguf/) of the export's shape.
+    const std::string seed = t2_test::temp_dir() + "/tiny_export_halves_f16.gguf";
+    t2::io::write_gguf(seed, c, w, nullptr, {.type = t2::io::ggml_type::f16});
+    const bytes_t file = read_all(seed);
+    CHECK(loads(file));
+    CHECK(file.size() < 12000);
+    if (const char* dir = std::getenv("T2_WRITE_GGUF_CORPUS"))
+        std::filesystem::copy_file(seed, std::string(dir) + "/tiny_export_halves_f16.gguf",
+                                   std::filesystem::copy_options::overwrite_existing);
+}
+
+TEST_CASE("gguf export: bad input is refused and leaves the target as it was") {
+    const export_base& s = export_stories();
+    const auto& c = s.ck.config;
+    const std::string dir = t2_test::temp_dir() + "/export_refusals";
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const std::string path = dir + "/model.gguf";
+    t2::io::write_gguf(path, c, s.ck.weights, &s.tok);
+    const bytes_t good = read_all(path);
+    const auto refused = [&](const std::function<void()>& write, const std::string& message) {
+        INFO("wanted \"" << message << "\"");
+        CHECK_THROWS_WITH_AS(write(), doctest::Contains(message.c_str()), t2::error);
+        CHECK(read_all(path) == good);
+        CHECK(std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator{}) == 1);
+    };
+
+    // Weights the file cannot hold: F16 overflow, NaN; the error names the tensor and element.
+    t2::matrix<float> big(c.hidden_dim, c.dim);
+    std::copy(s.ck.weights.blocks[2].w3.weight().weight().span().begin(),
+              s.ck.weights.blocks[2].w3.weight().weight().span().end(), big.span().begin());
+    big(5, 7) = 70000.f;
+    auto weights = s.ck.weights;
+    weights.blocks[2].w3 = t2::nn::linear<t2::nn::dense<float>>(t2::nn::dense<float>(big.view(), nullptr));
+    refused([&] { t2::io::write_gguf(path, c, weights, &s.tok, {.type = t2::io::ggml_type::f16}); },
+            "blk.2.ffn_up.weight holds 70000 at [5, 7], beyond F16's largest value 65504");
+    big(5, 7) = NAN;
+    refused([&] { t2::io::write_gguf(path, c, weights, &s.tok); }, "blk.2.ffn_up.weight holds nan at [5, 7]");
+    // Weights of another shape, a classifier the tied configuration would lose.
+    auto other = c;
+    other.hidden_dim = 100;
+    refused([&] { t2::io::write_gguf(path, other, s.ck.weights, &s.tok); },
+            "tensor blk.0.ffn_gate.weight is 172x64, the configuration's is 100x64");
+    auto untied = s.ck.weights;
+    untied.classifier = t2::nn::linear<t2::nn::dense<float>>(t2::nn::dense<float>(big.view(), nullptr));
+    refused([&] { t2::io::write_gguf(path, c, untied, &s.tok); }, "the weights' classifier differs");
+    // Options and vocabularies the GGUF readers refuse.
+    refused([&] { t2::io::write_gguf(path, c, s.ck.weights, &s.tok, {.type = t2::io::ggml_type::q8_0}); },
+            "written as F32 or F16, not Q8_0");
+    refused([&] { t2::io::write_gguf(path, c, s.ck.weights, &s.tok, {.alignment = 12}); },
+            "alignment 12 is not a power of two from 8");
+    std::vector<std::string> pieces;
+    std::vector<float> scores;
+    for (std::int32_t i = 0; i < 512; ++i) {
+        pieces.push_back(s.tok.piece(i));
+        scores.push_back(s.tok.score(i));
+    }
+    pieces[300] = pieces[400];
+    const t2::io::tokenizer repeated(pieces, scores);
+    refused([&] { t2::io::write_gguf(path, c, s.ck.weights, &repeated); },
+            "tokens 300 and 400 are both \"" + std::string(t2::io::detail::spm_piece(pieces[400], 400)) + "\"");
+    pieces.resize(100), scores.resize(100);
+    const t2::io::tokenizer small(pieces, scores);
+    refused([&] { t2::io::write_gguf(path, c, s.ck.weights, &small); },
+            "the tokenizer holds 100 tokens, the model's vocabulary is 512");
+
+    // An adapter of another model, a mixture whose rescaled W' does not exist (α = 0).
+    const svf_model_t model = t2::adapt::make_svf_model(c, s.ck.weights, s.d);
+    t2::nn::llama_config tiny = c;
+    tiny.n_layers = 1, tiny.vocab_size = 16, tiny.dim = 16, tiny.n_heads = 2, tiny.n_kv_heads = 1;
+    const auto tiny_weights = t2::nn::random_weights(tiny, 7);
+    const auto tiny_d = t2::adapt::decompose(t2::exec::scalar{}, tiny, tiny_weights, t2::adapt::selection::mlp());
+    const svf_model_t other_model = t2::adapt::make_svf_model(tiny, tiny_weights, tiny_d);
+    auto foreign = t2::adapt::make_svf_adapter(other_model);
+    CHECK_THROWS_WITH_AS(t2::adapt::merged_weights(export_executor{}, model, foreign),
+                         doctest::Contains("made for another model"), t2::error);
+    const std::vector<t2::adapt::expert> experts{export_expert(s.d, 5, true), export_expert(s.d, 6, true)};
+    auto mixture = t2::adapt::make_mixture_adapter(model, s.d, experts, {.rescale = true});
+    t2::adapt::set_mixture_alpha(mixture, std::vector<float>{0.f, 0.f});
+    CHECK_THROWS_WITH_AS(t2::adapt::merged_weights(export_executor{}, model, mixture),
+                         doctest::Contains("rescaling by"), t2::error);
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "t2/core/error.hpp"
 
@@ -114,6 +115,20 @@ void add_info(command& app);
 void add_decompose(command& app);
 void add_expert(command& app);
 void add_train_expert(command& app);
+void add_export(command& app);
+void add_adapt(command& app);
+
+// "a,b,c" → {"a", "b", "c"}; empty items are kept, for the caller to refuse.
+inline std::vector<std::string> split_list(const std::string& text) {
+    std::vector<std::string> items;
+    std::size_t at = 0;
+    while (at <= text.size()) {
+        const std::size_t comma = std::min(text.find(',', at), text.size());
+        items.push_back(text.substr(at, comma - at));
+        at = comma + 1;
+    }
+    return items;
+}
 
 // A bad flag value is a usage error (exit 2), whichever parser finds it.
 template <class F>

@@ -1,6 +1,7 @@
 // See files.hpp.
 #include "files.hpp"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "command.hpp"
@@ -21,6 +22,18 @@ void write_decomposition(const std::string& path, const t2::adapt::decomposition
 }
 
 t2::adapt::expert read_expert(const std::string& path) { return t2::io::read_expert(path); }
+
+void write_expert(const std::string& path, const t2::adapt::expert& e) { t2::io::write_expert(path, e); }
+
+tokenized_pair tokenize_pair(const t2::io::tokenizer& tok, const std::string& prompt, const std::string& answer,
+                             const std::string& where) {
+    const auto whole = tok.encode(prompt + answer, true), alone = tok.encode(prompt, true);
+    const auto split = std::mismatch(whole.begin(), whole.end(), alone.begin(), alone.end()).first;
+    tokenized_pair out{{whole.begin(), split}, {split, whole.end()}};
+    if (out.answer.empty())
+        throw t2::error(where + ": the answer \"" + answer + "\" adds no token to its prompt");
+    return out;
+}
 
 t2::io::tokenizer find_tokenizer(const std::optional<std::string>& path, const t2::io::checkpoint& ck,
                                  const std::string& model_path, bool first_entries_only) {

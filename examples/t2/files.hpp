@@ -2,8 +2,10 @@
 // compiled once, in files.cpp, rather than in every command that opens a file.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "t2/adapt/decomposition.hpp"
 #include "t2/adapt/model.hpp"
@@ -19,10 +21,20 @@ t2::io::checkpoint load_checkpoint(const std::string& path, const t2::io::load_o
 t2::adapt::decomposition read_decomposition(const std::string& path);
 void write_decomposition(const std::string& path, const t2::adapt::decomposition& d);
 t2::adapt::expert read_expert(const std::string& path);
+void write_expert(const std::string& path, const t2::adapt::expert& e);
 
 // The tokenizer for a model: `path` if given, else the one the checkpoint embeds, else the
 // tokenizer.bin beside model_path; first_entries_only reads a larger vocabulary's prefix.
 t2::io::tokenizer find_tokenizer(const std::optional<std::string>& path, const t2::io::checkpoint& ck,
                                  const std::string& model_path, bool first_entries_only = false);
+
+// A prompt / answer pair as tokens: prompt + answer tokenized as one text (BOS first) and
+// split where the prompt's own tokens end, so that the answer's first token may merge
+// across the boundary as it would in generated text. `where` names the pair in errors.
+struct tokenized_pair {
+    std::vector<std::int32_t> prompt, answer;
+};
+tokenized_pair tokenize_pair(const t2::io::tokenizer& tok, const std::string& prompt, const std::string& answer,
+                             const std::string& where);
 
 } // namespace t2_tool

@@ -8,6 +8,8 @@
 //   t2 expert info FILE                                                               expert.cpp
 //   t2 train-expert --model FILE --decomposition FILE --data FILE.jsonl --method M --out FILE
 //                                                                                     train_expert.cpp
+//   t2 export    --model FILE --decomposition FILE (--expert FILE | --experts A,B --alpha x,y)
+//                --out FILE.gguf [--type f32|f16]                                      export.cpp
 //
 // model.hpp runs a model (generate, logits); files.cpp reads and writes the files, compiled
 // once. This file holds the app and the only use of CLI11, which parses the command line:
@@ -144,6 +146,8 @@ int main(int argc, char** argv) {
     t2_tool::add_decompose(commands);
     t2_tool::add_expert(commands);
     t2_tool::add_train_expert(commands);
+    t2_tool::add_export(commands);
+    t2_tool::add_adapt(commands);
     // After the commands, which would inherit it.
     app.footer("Models: llama2.c .bin (versions 0, 1, 2), GGUF, Hugging Face safetensors directories.\n"
                "Run 't2 <command> --help' for the options of a command.");

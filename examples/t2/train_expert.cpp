@@ -74,13 +74,8 @@ std::vector<example> read_examples(const std::string& path, const t2::io::tokeni
     std::size_t line = 0;
     for (const auto& pair : t2::io::read_prompt_answer_jsonl(path)) {
         ++line;
-        const auto whole = tok.encode(pair.prompt + pair.answer, true), prompt = tok.encode(pair.prompt, true);
-        const auto split = std::mismatch(whole.begin(), whole.end(), prompt.begin(), prompt.end()).first;
-        example e{{whole.begin(), split}, {split, whole.end()}};
-        if (e.answer.empty())
-            throw t2::error(path + ": pair " + std::to_string(line) + ": the answer \"" + pair.answer +
-                            "\" adds no token to its prompt");
-        out.push_back(std::move(e));
+        auto [prompt, answer] = tokenize_pair(tok, pair.prompt, pair.answer, path + ": pair " + std::to_string(line));
+        out.push_back({std::move(prompt), std::move(answer)});
     }
     const t2::philox rng(seed);
     for (std::size_t i = out.size(); i > 1; --i) // Fisher–Yates, reproducible from the seed

@@ -269,5 +269,71 @@ else
 fi
 cmp -s "$tmp/straight.safetensors" "$tmp/killed.safetensors" && pass || fail "a resumed run wrote another expert"
 
+# export: the model with an expert applied, as GGUF; read back by t2 it gives the logits of the
+# model running the expert and generates; a mixture and F16 too; bad flags and files refused.
+expect_exit 0 "$t2" export --help
+for option in --model --decomposition --expert --experts --alpha --out --type --tokenizer --threads; do
+    grep -q -- "^  $option\b" "$tmp/out" && pass || fail "'t2 export --help' omits $option"
+done
+export_cmd=("$t2" export --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors")
+rm -f "$tmp"/exported*.gguf
+expect_exit 0 "${export_cmd[@]}" --expert "$tmp/ramp.safetensors" --out "$tmp/exported.gguf"
+grep -q "wrote .*exported.gguf" "$tmp/err" && pass || fail "export report: $(cat "$tmp/err")"
+"$t2" logits --model "$tmp/exported.gguf" --tokens 1,403,407 --all --out "$tmp/exported.npy" || fail "logits of the export"
+/usr/bin/python3 - "$tmp" <<'PY' && pass || fail "the export's logits differ from the expert's"
+import sys, numpy as np
+tmp = sys.argv[1]
+got, want = np.load(f"{tmp}/exported.npy"), np.load(f"{tmp}/ramp.npy")
+assert got.shape == want.shape and np.allclose(got, want, rtol=1e-4, atol=1e-4), abs(got - want).max()
+PY
+out=$("$t2" info --model "$tmp/exported.gguf")
+grep -q "format *gguf v3" <<<"$out" && grep -q "tokenizer *embedded" <<<"$out" && pass || fail "info of the export: $out"
+expect_exit 0 "$t2" generate --model "$tmp/exported.gguf" --temperature 0 --steps 20
+[[ -s "$tmp/out" ]] && pass || fail "generate from the export printed nothing"
+expect_exit 0 "${export_cmd[@]}" --expert "$tmp/ones.safetensors" --type f16 --out "$tmp/exported_f16.gguf"
+out=$("$t2" generate --model "$tmp/exported_f16.gguf" --temperature 0 --steps 40 2>/dev/null)
+[[ $out == "$story"* ]] && pass || fail "greedy text of the identity expert exported as F16: $out"
+expect_exit 0 "${export_cmd[@]}" --experts "$tmp/ones.safetensors,$tmp/ramp.safetensors" --alpha 0.25,0.75 \
+    --out "$tmp/exported_mixture.gguf"
+expect_exit 0 "$t2" generate --model "$tmp/exported_mixture.gguf" --temperature 0 --steps 8
+expect_message 2 "t2 export: --type wants f32 or f16, got 'q8_0'" \
+    "${export_cmd[@]}" --expert "$tmp/ramp.safetensors" --type q8_0 --out "$tmp/exported_bad.gguf"
+expect_message 2 "t2 export: --experts needs --alpha" \
+    "${export_cmd[@]}" --experts "$tmp/ones.safetensors,$tmp/ramp.safetensors" --out "$tmp/exported_bad.gguf"
+expect_message 2 "t2 export: --experts names 2 experts but --alpha gives 1 weights" \
+    "${export_cmd[@]}" --experts "$tmp/ones.safetensors,$tmp/ramp.safetensors" --alpha 1 --out "$tmp/exported_bad.gguf"
+expect_message 2 "t2 export: --alpha wants comma-separated non-negative weights, got '-0.5'" \
+    "${export_cmd[@]}" --experts "$tmp/ones.safetensors,$tmp/ramp.safetensors" --alpha 1,-0.5 --out "$tmp/exported_bad.gguf"
+expect_message 2 "got 'nan'" \
+    "${export_cmd[@]}" --experts "$tmp/ones.safetensors,$tmp/ramp.safetensors" --alpha nan,1 --out "$tmp/exported_bad.gguf"
+expect_message 2 "t2 export: --expert and --experts do not go together" \
+    "${export_cmd[@]}" --expert "$tmp/ones.safetensors" --experts "$tmp/ones.safetensors" --alpha 1 --out "$tmp/exported_bad.gguf"
+expect_message 2 "t2 export: give --expert FILE" "${export_cmd[@]}" --out "$tmp/exported_bad.gguf"
+expect_message 1 "another model" "${export_cmd[@]}" --expert "$tmp/foreign.safetensors" --out "$tmp/exported_bad.gguf"
+expect_message 1 "trained with rescaling, the mixture runs without" \
+    "${export_cmd[@]}" --experts "$tmp/ramp.safetensors,$tmp/half.safetensors" --alpha 1,1 --out "$tmp/exported_bad.gguf"
+[[ ! -e "$tmp/exported_bad.gguf" ]] && pass || fail "a refused export left a file"
+
+# t2 adapt: two passes over the experts train-expert wrote above. Few-shot CEM on the pairs
+# answers them, scores the answers and writes the mixture it found as an expert; the
+# prompt-based dispatcher answers one prompt; flags that do not go together are refused.
+adapt=("$t2" adapt --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors"
+       --experts "$tmp/ce.safetensors,$tmp/spsa.safetensors" --threads 2 --steps 4)
+expect_exit 0 "${adapt[@]}" --dispatch fewshot --shots "$tmp/pairs.jsonl" --iterations 2 \
+    --prompts "$tmp/pairs.jsonl" --save-mixture "$tmp/mixture.safetensors"
+grep -q "^accuracy [0-9]*/10 (base model [0-9]*/10)$" "$tmp/out" && grep -q "decision few-shot, alpha [0-9.]*,[0-9.]*;" "$tmp/out" && pass ||
+    fail "adapt fewshot: $(cat "$tmp/out")"
+out=$("$t2" expert info "$tmp/mixture.safetensors")
+grep -q "few-shot cem" <<<"$out" && pass || fail "the saved mixture: $out"
+expect_exit 0 "${adapt[@]}" --dispatch prompt --label-tokens 4 --prompt "Once upon a time"
+grep -q "^  decision " "$tmp/out" && grep -q "^  answer: " "$tmp/out" && pass || fail "adapt prompt: $(cat "$tmp/out")"
+expect_exit 0 "$t2" adapt --help
+expect_message 2 "t2 adapt: --dispatch wants prompt, cls or fewshot, got 'router'" \
+    "${adapt[@]}" --dispatch router --prompt "x"
+expect_message 2 "t2 adapt: --dispatch cls needs --cls-expert FILE" "${adapt[@]}" --dispatch cls --prompt "x"
+expect_message 2 "t2 adapt: give --prompt TEXT or --prompts FILE.jsonl" "${adapt[@]}" --dispatch prompt
+expect_message 1 "another model" "$t2" adapt --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors" \
+    --experts "$tmp/foreign.safetensors" --dispatch prompt --prompt "x"
+
 echo "$passed passed, $failures failed"
 [[ $failures -eq 0 ]]
