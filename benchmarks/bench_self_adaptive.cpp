@@ -7,8 +7,9 @@
 //
 // dispatch   pass 1: prompt_based (the base answers a classification prompt, at most
 //            --label-tokens tokens: "\boxed{math}" is 6 with the Llama 2 tokenizer) and
-//            classification_expert (the same with a classifier z); "fixed" decides without a
-//            pass 1, for reference
+//            classification_expert (the same with a classifier z); router (one prefill of the
+//            prompt, its pooled hidden state through the dual-attention router); "fixed"
+//            decides without a pass 1, for reference
 // adapt      the mixture at the decided α made and prepared (composed where cheaper); a
 //            cached decision costs nothing
 // answer     pass 2, --answer tokens
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "t2/adapt/classify_dispatch.hpp"
+#include "t2/adapt/router_dispatch.hpp"
 #include "t2/adapt/self_adaptive.hpp"
 #include "t2/io/llama2c.hpp"
 #include "t2/io/load.hpp"
@@ -142,6 +144,7 @@ int main(int argc, char** argv) try {
     }
     const t2::adapt::expert classifier = experts.back();
     experts.pop_back();
+    const t2::nn::router router({.dim = c.dim, .experts = experts.size()}, 7); // untrained: the cost is the same
     const double rss_base = resident_mib();
 
     const std::vector<std::int32_t> prompt =
@@ -179,6 +182,7 @@ int main(int argc, char** argv) try {
         measure("prompt_based", timed_pass_one<prompt_based>{prompt_based(tok, classify), {}});
         measure("classification_expert",
                 timed_pass_one<classification_expert>{classification_expert(tok, classifier, classify), {}});
+        measure("router", timed_pass_one<t2::adapt::router_dispatcher>{t2::adapt::router_dispatcher(router), {}});
     }
 
     // An expert switch against a load of the whole model.

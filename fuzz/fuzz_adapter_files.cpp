@@ -1,4 +1,4 @@
-// libFuzzer target for t2's decomposition and expert files (include/t2/io/adapter_files.hpp)
+// libFuzzer target for t2's decomposition, expert and router files (include/t2/io/adapter_files.hpp)
 // and training checkpoints (include/t2/io/training_checkpoint.hpp): safetensors with t2's
 // metadata, validated tensor by tensor.
 //
@@ -7,7 +7,8 @@
 //
 // Every input either reads or throws t2::error. A decomposition that reads drives an SVF
 // matrix with an adapter state (prepare, forward, backward); an expert that reads is written
-// back and read again, which must give the same expert; so is a checkpoint that reads.
+// back and read again, which must give the same expert; so is a checkpoint that reads; a
+// router that reads routes a hidden state.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -71,6 +72,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (again.z != e.z || again.task != e.task || again.training != e.training || again.rescale != e.rescale ||
             again.base_model_hash != e.base_model_hash)
             __builtin_trap();
+    } catch (const t2::error&) {
+    }
+    try {
+        const io::router_file r = io::read_router(*file);
+        std::vector<float> h(r.router.config().dim, 0.25f), alpha(r.router.config().experts);
+        if (h.size() * r.router.config().key_dim <= (1u << 16))
+            r.router.forward(h, alpha);
     } catch (const t2::error&) {
     }
     try {

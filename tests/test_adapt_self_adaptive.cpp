@@ -1,6 +1,7 @@
 // Two-pass self-adaptation (adapt/self_adaptive.hpp) and its dispatchers: answers against
 // solo runs of the same adapters, composed against factored, the cache, refusals; the
-// classifying dispatchers' reading of pass-1 answers; the few-shot search's α.
+// classifying dispatchers' reading of pass-1 answers; the few-shot search's α; the
+// dual-attention router's gradients, training on labels and routing.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -11,12 +12,18 @@
 #include <vector>
 
 #include "support/check.hpp"
+#include "support/temp_dir.hpp"
 #include "t2/adapt/classify_dispatch.hpp"
+#include "t2/adapt/router_dispatch.hpp"
 #include "t2/adapt/self_adaptive.hpp"
 #include "t2/adapt/svd.hpp"
 #include "t2/exec/simd.hpp"
+#include "t2/io/adapter_files.hpp"
 #include "t2/nn/random_init.hpp"
 #include "t2/train/few_shot_dispatch.hpp"
+#include "t2/train/optimizers.hpp"
+#include "t2/train/router_objective.hpp"
+#include "t2/train/trainer.hpp"
 
 namespace {
 
@@ -326,4 +333,166 @@ TEST_CASE("train: the few-shot dispatcher finds an α scoring at least as well a
     const std::vector<float> found(dispatch.alpha().begin(), dispatch.alpha().end());
     sa.generate(f.ex, dispatch, f.prompts, greedy, {.max_new_tokens = 1, .end_token = -1});
     CHECK(std::ranges::equal(dispatch.alpha(), found));
+}
+
+namespace {
+
+// Central differences of f at p along coordinate i, step h.
+template <class F>
+double central_difference(F&& f, std::vector<float> p, std::size_t i, float h) {
+    const float at = p[i];
+    p[i] = at + h;
+    const double up = f(p);
+    p[i] = at - h;
+    const double down = f(p);
+    return (up - down) / (2 * double(h));
+}
+
+// Pooled hidden states of prompts of three tasks, told apart by the letters they use
+// (a–c, d–f, g–i).
+std::vector<std::vector<std::int32_t>> task_prompts(std::size_t per_task, std::uint64_t seed,
+                                                    std::vector<std::size_t>& labels) {
+    std::vector<std::vector<std::int32_t>> out;
+    for (std::size_t i = 0; i < per_task; ++i)
+        for (std::size_t task = 0; task < 3; ++task) {
+            auto p = t2_test::random_tokens(3 + (i + task) % 4, 3, seed + 10 * i + task);
+            for (auto& t : p)
+                t += std::int32_t(2 + 3 * task);
+            p.insert(p.begin(), t2::nn::bos_token);
+            out.push_back(p);
+            labels.push_back(task);
+        }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("nn: the router's gradients match central differences") {
+    const t2::nn::router r({.dim = 7, .experts = 3, .key_dim = 5, .temperature = 0.7f}, 11);
+    std::vector<float> h(7), dalpha(3);
+    t2_test::fill_uniform(h, 12, -2.f, 2.f);
+    t2_test::fill_uniform(dalpha, 13, -1.f, 1.f);
+    const std::vector<float> p(r.parameters().begin(), r.parameters().end());
+    std::vector<float> label_gradient(p.size()), alpha_gradient(p.size());
+    const float loss = r.label_loss(p, h, 2, label_gradient);
+    r.backward(p, h, dalpha, alpha_gradient);
+    std::vector<float> alpha(3);
+    r.forward(h, alpha);
+    CHECK(double(loss) == doctest::Approx(-std::log(double(alpha[2]))).epsilon(1e-6));
+
+    // Both functions are computed in double and rounded once to float (relative 2⁻²⁴ of
+    // values of order 1), so a difference quotient with step h carries ≈ 2⁻²⁴/h of rounding
+    // and h²/6·|f'''| of truncation; with h = 1e-2 and third derivatives of order 10, both
+    // stay below 2e-4.
+    const auto label = [&](const std::vector<float>& q) { return double(r.label_loss(q, h, 2, {})); };
+    const auto along_dalpha = [&](const std::vector<float>& q) {
+        std::vector<float> a(3);
+        r.forward(q, h, a);
+        double sum = 0;
+        for (std::size_t k = 0; k < 3; ++k)
+            sum += double(dalpha[k]) * double(a[k]);
+        return sum;
+    };
+    for (std::size_t i = 0; i < p.size(); ++i) {
+        CAPTURE(i);
+        CHECK(std::abs(central_difference(label, p, i, 1e-2f) - double(label_gradient[i])) < 2e-4);
+        CHECK(std::abs(central_difference(along_dalpha, p, i, 1e-2f) - double(alpha_gradient[i])) < 2e-4);
+    }
+    CHECK_THROWS_AS(r.label_loss(p, h, 3, {}), t2::error);
+    CHECK_THROWS_AS(r.forward(std::span<const float>(h).first(6), alpha), t2::error);
+}
+
+TEST_CASE("adapt: a router trained on task labels routes held-out prompts of each task to its expert") {
+    fixture f;
+    std::vector<std::size_t> train_labels, test_labels;
+    const auto train_tokens = task_prompts(8, 500, train_labels), test_tokens = task_prompts(5, 900, test_labels);
+    const std::vector<std::span<const std::int32_t>> train_prompts(train_tokens.begin(), train_tokens.end()),
+        test_prompts(test_tokens.begin(), test_tokens.end());
+
+    t2::nn::router r({.dim = f.c.dim, .experts = 3, .key_dim = 8}, 21);
+    t2::train::router_label_objective objective(r, t2::adapt::pooled_hidden(f.ex, f.model, train_prompts), train_labels);
+    std::vector<float> gradient(r.parameters().size());
+    const float before = objective.value_and_gradient(r.parameters(), gradient);
+    t2::train::trainer step(t2::train::exact{}, t2::train::adam(objective.parameter_count(), {.lr = 0.05f}));
+    for (int i = 0; i < 300; ++i)
+        step.step(objective, r.parameters());
+    const float after = objective.value_and_gradient(r.parameters(), gradient);
+    CHECK(after < 0.1f * before);
+
+    t2::adapt::self_adaptive sa(f.model, f.d, f.experts);
+    t2::adapt::router_dispatcher dispatch(r);
+    t2::ops::sampler greedy({.temperature = 0.f});
+    const auto answers = sa.generate(f.ex, dispatch, test_prompts, greedy, {.max_new_tokens = 2, .end_token = -1});
+    std::size_t routed = 0;
+    for (std::size_t b = 0; b < answers.size(); ++b) {
+        const auto& alpha = answers[b].decision.alpha;
+        REQUIRE(alpha.size() == 3);
+        routed += std::size_t(std::ranges::max_element(alpha) - alpha.begin()) == test_labels[b] ? 1 : 0;
+        CHECK(answers[b].generation.tokens == f.solo(test_prompts[b], alpha, 2));
+    }
+    CHECK(routed == answers.size());
+
+    const t2::nn::router other({.dim = f.c.dim, .experts = 2}, 1);
+    t2::adapt::router_dispatcher mismatched(other);
+    CHECK_THROWS_WITH_AS(sa.generate(f.ex, mismatched, test_prompts, greedy), doctest::Contains("router for 2 experts"),
+                         t2::error);
+}
+
+TEST_CASE("io: a router file round-trips and refuses another library") {
+    fixture f;
+    const t2::nn::router r({.dim = f.c.dim, .experts = 3, .key_dim = 4, .temperature = 0.5f}, 8);
+    const std::string path = t2_test::temp_dir() + "/router.safetensors";
+    t2::io::write_router(path, r, f.experts);
+    const t2::nn::router back = t2::io::read_router(path, f.experts);
+    CHECK(back.config().key_dim == 4);
+    CHECK(back.config().temperature == 0.5f);
+    CHECK(std::ranges::equal(back.parameters(), r.parameters()));
+
+    auto reordered = f.experts;
+    std::swap(reordered[0], reordered[1]);
+    CHECK_THROWS_WITH_AS(t2::io::read_router(path, reordered), doctest::Contains("another expert library"), t2::error);
+    CHECK_THROWS_WITH_AS(t2::io::write_router(path, r, std::span(f.experts).first(2)),
+                         doctest::Contains("a library of 2"), t2::error);
+    t2::io::write_expert(path, f.experts[0]);
+    CHECK_THROWS_WITH_AS(t2::io::read_router(path, f.experts), doctest::Contains("not a t2.router file"), t2::error);
+}
+
+TEST_CASE("train: the router trained end to end through α: gradient against central differences, and steps lower the loss") {
+    fixture f;
+    std::vector<t2::train::labelled_example> examples;
+    for (std::size_t s = 0; s < 4; ++s)
+        examples.push_back({f.prompt_tokens[s], f.solo(f.prompts[s], std::vector<float>{0.1f, 0.2f, 0.9f}, 3)});
+    t2::nn::router r({.dim = f.c.dim, .experts = 3, .key_dim = 4, .temperature = 0.5f}, 31);
+    t2::train::router_answer_objective objective(f.ex, f.model, f.d, std::span<const t2::adapt::expert>(f.experts), r,
+                                                 std::span<const t2::train::labelled_example>(examples));
+    const std::vector<float> p(r.parameters().begin(), r.parameters().end());
+    std::vector<float> gradient(p.size());
+    const float loss = objective.value_and_gradient(p, gradient);
+    double norm = 0;
+    for (const float g : gradient)
+        norm += double(g) * double(g);
+    norm = std::sqrt(norm);
+    REQUIRE(norm > 1e-4);
+
+    // Along the gradient the directional derivative is ‖g‖. The loss is an f32 forward and
+    // cross-entropy (relative rounding ≈ 1e-6 of a loss of order 1), so a step of 1e-2 leaves
+    // ≈ 1e-4 of rounding in the quotient and h²/6·|L'''| ≈ 1e-5 of truncation: 1% of ‖g‖ ≥ 1e-3
+    // is ten times both. A gradient off by a factor, or pointing elsewhere, misses it.
+    const auto along = [&](float t) {
+        std::vector<float> q = p;
+        for (std::size_t i = 0; i < q.size(); ++i)
+            q[i] += t * float(double(gradient[i]) / norm);
+        std::vector<float> ignored(q.size());
+        return double(objective.value_and_gradient(q, ignored));
+    };
+    const double h = 1e-2;
+    CHECK(std::abs((along(float(h)) - along(float(-h))) / (2 * h) - norm) < 1e-2 * norm);
+    std::vector<float> one(1);
+    objective.losses(p, one);
+    CHECK(one[0] == doctest::Approx(loss).epsilon(1e-6));
+
+    t2::train::trainer step(t2::train::exact{}, t2::train::adam(objective.parameter_count(), {.lr = 0.05f}));
+    for (int i = 0; i < 30; ++i)
+        step.step(objective, r.parameters());
+    CHECK(objective.value_and_gradient(r.parameters(), gradient) < 0.9f * loss);
 }

@@ -13,6 +13,7 @@
 #include "files.hpp"
 #include "model.hpp"
 #include "t2/adapt/classify_dispatch.hpp"
+#include "t2/adapt/router_dispatch.hpp"
 #include "t2/adapt/self_adaptive.hpp"
 #include "t2/io/jsonl.hpp"
 #include "t2/train/few_shot_dispatch.hpp"
@@ -22,7 +23,7 @@ namespace {
 
 struct adapt_options {
     std::string model, decomposition, experts, dispatch;
-    std::optional<std::string> tokenizer, cls_expert, shots, prompt, prompts, save_mixture;
+    std::optional<std::string> tokenizer, cls_expert, router, shots, prompt, prompts, save_mixture;
     std::size_t steps = 128, label_tokens = 24, iterations = 50, threads = 1;
     float temperature = 0.f;
     std::uint64_t seed = 0;
@@ -57,8 +58,10 @@ bool matches(const std::string& generated, const std::string& want) {
 
 void adapt(const adapt_options& a) {
     const std::string& d = a.dispatch;
-    if (d != "prompt" && d != "cls" && d != "fewshot")
-        throw usage_error("--dispatch wants prompt, cls or fewshot, got '" + d + "'");
+    if (d != "prompt" && d != "cls" && d != "fewshot" && d != "router")
+        throw usage_error("--dispatch wants prompt, cls, fewshot or router, got '" + d + "'");
+    if ((d == "router") != a.router.has_value())
+        throw usage_error(d == "router" ? "--dispatch router needs --router FILE" : "--router goes with --dispatch router");
     if ((d == "cls") != a.cls_expert.has_value())
         throw usage_error(d == "cls" ? "--dispatch cls needs --cls-expert FILE" : "--cls-expert goes with --dispatch cls");
     if ((d == "fewshot") != a.shots.has_value())
@@ -110,6 +113,10 @@ void adapt(const adapt_options& a) {
     std::vector<t2::adapt::adaptive_answer> answers;
     if (d == "prompt") {
         t2::adapt::prompt_based dispatcher(tok, classify);
+        answers = run(dispatcher);
+    } else if (d == "router") {
+        const t2::nn::router router = read_router(*a.router, sa.experts());
+        t2::adapt::router_dispatcher dispatcher(router);
         answers = run(dispatcher);
     } else if (d == "cls") {
         t2::adapt::classification_expert dispatcher(tok, read_expert(*a.cls_expert), classify);
@@ -186,8 +193,9 @@ void add_adapt(command& app) {
         .required("--experts", o->experts, "A,B,...", "the expert library (.safetensors files); their tasks name them")
         .required("--dispatch", o->dispatch, "NAME",
                   "prompt (the model classifies the prompt), cls (with --cls-expert),\n"
-                  "fewshot (CEM over mixing weights on --shots)")
+                  "fewshot (CEM over mixing weights on --shots), router (with --router)")
         .option("--cls-expert", o->cls_expert, "FILE", "cls: the expert trained to name the task")
+        .option("--router", o->router, "FILE", "router: the dual-attention router (from 't2 train-router')")
         .option("--shots", o->shots, "FILE", "fewshot: labelled examples, JSON Lines {\"prompt\", \"answer\"}")
         .number("--iterations", o->iterations, std::size_t{1}, std::size_t{1} << 20, "N", "fewshot: CEM iterations (default 50)")
         .flag("--per-layer", o->per_layer, "fewshot: one α per layer instead of one for the model")

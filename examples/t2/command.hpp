@@ -115,6 +115,7 @@ void add_info(command& app);
 void add_decompose(command& app);
 void add_expert(command& app);
 void add_train_expert(command& app);
+void add_train_router(command& app);
 void add_export(command& app);
 void add_adapt(command& app);
 

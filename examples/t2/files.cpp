@@ -25,6 +25,14 @@ t2::adapt::expert read_expert(const std::string& path) { return t2::io::read_exp
 
 void write_expert(const std::string& path, const t2::adapt::expert& e) { t2::io::write_expert(path, e); }
 
+void write_router(const std::string& path, const t2::nn::router& r, std::span<const t2::adapt::expert> library) {
+    t2::io::write_router(path, r, library);
+}
+
+t2::nn::router read_router(const std::string& path, std::span<const t2::adapt::expert> library) {
+    return t2::io::read_router(path, library);
+}
+
 tokenized_pair tokenize_pair(const t2::io::tokenizer& tok, const std::string& prompt, const std::string& answer,
                              const std::string& where) {
     const auto whole = tok.encode(prompt + answer, true), alone = tok.encode(prompt, true);

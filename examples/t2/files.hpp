@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/file_image.hpp"
 #include "t2/io/tokenizer.hpp"
+#include "t2/nn/router.hpp"
 
 namespace t2_tool {
 
@@ -22,6 +24,9 @@ t2::adapt::decomposition read_decomposition(const std::string& path);
 void write_decomposition(const std::string& path, const t2::adapt::decomposition& d);
 t2::adapt::expert read_expert(const std::string& path);
 void write_expert(const std::string& path, const t2::adapt::expert& e);
+// A router file, checked against the library it routes.
+void write_router(const std::string& path, const t2::nn::router& r, std::span<const t2::adapt::expert> library);
+t2::nn::router read_router(const std::string& path, std::span<const t2::adapt::expert> library);
 
 // The tokenizer for a model: `path` if given, else the one the checkpoint embeds, else the
 // tokenizer.bin beside model_path; first_entries_only reads a larger vocabulary's prefix.

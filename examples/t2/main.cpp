@@ -146,6 +146,7 @@ int main(int argc, char** argv) {
     t2_tool::add_decompose(commands);
     t2_tool::add_expert(commands);
     t2_tool::add_train_expert(commands);
+    t2_tool::add_train_router(commands);
     t2_tool::add_export(commands);
     t2_tool::add_adapt(commands);
     // After the commands, which would inherit it.

@@ -33,6 +33,7 @@
 #include "t2/nn/loss.hpp"
 #include "t2/nn/matrices.hpp"
 #include "t2/nn/random_init.hpp"
+#include "t2/nn/router.hpp"
 
 #include "t2/io/adapter_files.hpp"
 #include "t2/io/atomic_file.hpp"
@@ -52,6 +53,7 @@
 #include "t2/adapt/lora.hpp"
 #include "t2/adapt/model.hpp"
 #include "t2/adapt/parameters.hpp"
+#include "t2/adapt/router_dispatch.hpp"
 #include "t2/adapt/selection.hpp"
 #include "t2/adapt/self_adaptive.hpp"
 #include "t2/adapt/svd.hpp"
@@ -66,5 +68,6 @@
 #include "t2/train/optimizers.hpp"
 #include "t2/train/progress.hpp"
 #include "t2/train/reinforce.hpp"
+#include "t2/train/router_objective.hpp"
 #include "t2/train/search.hpp"
 #include "t2/train/trainer.hpp"

@@ -328,12 +328,28 @@ grep -q "few-shot cem" <<<"$out" && pass || fail "the saved mixture: $out"
 expect_exit 0 "${adapt[@]}" --dispatch prompt --label-tokens 4 --prompt "Once upon a time"
 grep -q "^  decision " "$tmp/out" && grep -q "^  answer: " "$tmp/out" && pass || fail "adapt prompt: $(cat "$tmp/out")"
 expect_exit 0 "$t2" adapt --help
-expect_message 2 "t2 adapt: --dispatch wants prompt, cls or fewshot, got 'router'" \
-    "${adapt[@]}" --dispatch router --prompt "x"
+expect_message 2 "t2 adapt: --dispatch wants prompt, cls, fewshot or router, got 'mind-reading'" \
+    "${adapt[@]}" --dispatch mind-reading --prompt "x"
 expect_message 2 "t2 adapt: --dispatch cls needs --cls-expert FILE" "${adapt[@]}" --dispatch cls --prompt "x"
 expect_message 2 "t2 adapt: give --prompt TEXT or --prompts FILE.jsonl" "${adapt[@]}" --dispatch prompt
 expect_message 1 "another model" "$t2" adapt --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors" \
     --experts "$tmp/foreign.safetensors" --dispatch prompt --prompt "x"
+
+# t2 train-router: a router over two experts from one prompt file each; t2 adapt routes with
+# it, and refuses it for a library in another order.
+printf '{"prompt": "Tom and Sam went to the park to play", "answer": "."}\n{"prompt": "The dog ran after the ball", "answer": "."}\n{"prompt": "Sue found a shiny red stone", "answer": "."}\n' >"$tmp/other.jsonl"
+expect_exit 0 "$t2" train-router --model "$bin" --tokenizer "$tok" --decomposition "$tmp/svd.safetensors" \
+    --experts "$tmp/ce.safetensors,$tmp/spsa.safetensors" --data "$tmp/pairs.jsonl,$tmp/other.jsonl" --steps 20 \
+    --out "$tmp/router.safetensors"
+grep -q "^wrote .*router.safetensors: held-out accuracy" "$tmp/out" && pass || fail "train-router: $(cat "$tmp/out")"
+expect_exit 0 "${adapt[@]}" --dispatch router --router "$tmp/router.safetensors" --prompt "Once upon a time"
+grep -q "^  decision router, alpha [01]\.[0-9]*,[01]\.[0-9]*;" "$tmp/out" && pass || fail "adapt router: $(cat "$tmp/out")"
+expect_message 1 "trained for another expert library" "$t2" adapt --model "$bin" --tokenizer "$tok" \
+    --decomposition "$tmp/svd.safetensors" --experts "$tmp/spsa.safetensors,$tmp/ce.safetensors" \
+    --dispatch router --router "$tmp/router.safetensors" --prompt "x"
+expect_message 2 "t2 train-router: --experts names 2 files but --data 1" "$t2" train-router --model "$bin" \
+    --tokenizer "$tok" --decomposition "$tmp/svd.safetensors" --experts "$tmp/ce.safetensors,$tmp/spsa.safetensors" \
+    --data "$tmp/pairs.jsonl" --out "$tmp/router2.safetensors"
 
 echo "$passed passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -26,6 +26,7 @@
 #include "t2/adapt/selection.hpp"
 #include "t2/adapt/svf.hpp"
 #include "t2/core/rng.hpp"
+#include "t2/core/sha256.hpp"
 #include "t2/nn/adapter_state.hpp"
 #include "t2/nn/llama.hpp"
 #include "t2/nn/matrices.hpp"
@@ -48,6 +49,23 @@ struct expert {
         return nullptr;
     }
 };
+
+// SHA-256 of an expert library (each expert's task and z, in order): what a router was
+// trained for, so that a router file refuses another library (io/adapter_files.hpp).
+inline std::string library_hash(std::span<const expert> experts) {
+    sha256 h;
+    for (const expert& e : experts) {
+        h.update(e.base_model_hash);
+        h.update(std::string_view("\0", 1));
+        h.update(e.task);
+        h.update(std::string_view("\0", 1));
+        for (const auto& [name, z] : e.z) {
+            h.update(name);
+            h.update(std::as_bytes(std::span<const float>(z))); // little-endian hosts only, as the files
+        }
+    }
+    return h.hex();
+}
 
 using svf_adapter = nn::adapter_state<svf>;
 using lora_adapter = nn::adapter_state<lora>;

@@ -20,6 +20,7 @@
 // cache is shared); contexts of one call run together.
 #include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -52,6 +53,14 @@ struct adaptive_answer {
     nn::generation generation;
     dispatch_decision decision;
     adaptive_timing timing;
+};
+
+// What self_adaptive::generate asks of a dispatcher (adapt/dispatch.hpp): one decision per
+// prompt.
+template <class D, class E, class Model>
+concept dispatcher_for = requires(D& d, const E& ex, const Model& model,
+                                  std::span<const std::span<const std::int32_t>> prompts) {
+    { d.decide(ex, model, prompts) } -> std::same_as<std::vector<dispatch_decision>>;
 };
 
 template <nn::model_config C = nn::llama_config>
@@ -88,7 +97,7 @@ public:
     }
 
     // Pass 1, adaptation and pass 2 for every prompt (BOS first).
-    template <exec::cpu_executor E, class Dispatcher, class Stop = nn::no_stop_condition>
+    template <exec::cpu_executor E, dispatcher_for<E, self_adaptive> Dispatcher, class Stop = nn::no_stop_condition>
     std::vector<adaptive_answer> generate(const E& ex, Dispatcher& dispatcher,
                                           std::span<const std::span<const std::int32_t>> prompts,
                                           ops::sampler& sample, const nn::generation_options& options = {},

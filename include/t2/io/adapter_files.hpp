@@ -10,7 +10,12 @@
 // "base_model_hash", "matrices" (a JSON object: matrix name → rank), "rescale" ("true" |
 // "false"), "task", "training".
 //
-// Both are written atomically (a crash leaves the old file or none) and validated on
+// Router ("format": "t2.router"): tensors "router.query" [d_k × dim] and "router.keys"
+// [K × d_k] in F32 (nn/router.hpp), metadata "temperature", "experts" (a JSON array of the
+// library's tasks) and "library_hash" (adapt::library_hash), which reading checks against
+// the library it is to route.
+//
+// All are written atomically (a crash leaves the old file or none) and validated on
 // reading: format tag, every tensor's dtype and shape, complete U/S/V triples, ranks, names
 // of real matrices, the metadata agreeing with the tensors.
 #include <cstddef>
@@ -20,6 +25,7 @@
 
 #include "t2/adapt/decomposition.hpp"
 #include "t2/adapt/model.hpp"
+#include "t2/nn/router.hpp"
 #include "t2/io/json.hpp"
 #include "t2/io/safetensors.hpp"
 #include "t2/version.hpp"
@@ -207,6 +213,62 @@ inline adapt::expert read_expert(const safetensors_file& f) {
 }
 
 inline adapt::expert read_expert(const std::string& path) { return read_expert(safetensors_file(path)); }
+
+inline void write_router(const std::string& path, const nn::router& r, std::span<const adapt::expert> library) {
+    const nn::router_config& c = r.config();
+    T2_CHECK(library.size() == c.experts, "write_router: a router for ", c.experts, " experts, a library of ",
+             library.size());
+    const std::span<const float> p = r.parameters();
+    json::value tasks = json::value::array();
+    for (const adapt::expert& e : library)
+        tasks.push_back(e.task);
+    write_safetensors(path,
+                      {make_safetensors_entry("router.query", p.first(c.key_dim * c.dim), {c.key_dim, c.dim}),
+                       make_safetensors_entry("router.keys", p.subspan(c.key_dim * c.dim), {c.experts, c.key_dim})},
+                      {{"format", "t2.router"},
+                       {"format_version", "1"},
+                       {"temperature", json::to_string(json::value(double(c.temperature)))},
+                       {"experts", json::to_string(tasks)},
+                       {"library_hash", adapt::library_hash(library)},
+                       {"writer", "t2 " T2_VERSION_STRING}});
+}
+
+// A router file as it stands: the router, and what it records of its library.
+struct router_file {
+    nn::router router;
+    std::string library_hash, experts; // experts: the JSON array of the library's tasks
+};
+
+inline router_file read_router(const safetensors_file& f) {
+    const std::string& path = f.name();
+    detail::check_format(f, "t2.router");
+    const safetensors_tensor* query = f.find("router.query");
+    const safetensors_tensor* keys = f.find("router.keys");
+    if (!query || !keys || f.tensors().size() != 2)
+        t2::detail::throw_error(path, ": a router holds the tensors router.query and router.keys, and only those");
+    const auto q = detail::f32_tensor(f, *query, 2), k = detail::f32_tensor(f, *keys, 2);
+    if (keys->shape[1] != query->shape[0])
+        t2::detail::throw_error(path, ": router.keys is ", detail::shape_string(keys->shape), ", router.query ",
+                                detail::shape_string(query->shape), "; expected [K, d_k] and [d_k, dim]");
+    const auto temperature = json::parse(detail::required_metadata(f, "temperature"), path + ": metadata \"temperature\"");
+    std::vector<float> parameters(q.begin(), q.end());
+    parameters.insert(parameters.end(), k.begin(), k.end());
+    for (const float v : parameters)
+        if (!std::isfinite(v))
+            t2::detail::throw_error(path, ": the router holds a non-finite value");
+    return {nn::router({.dim = query->shape[1], .experts = keys->shape[0], .key_dim = query->shape[0],
+                        .temperature = float(temperature.root().as_double())},
+                       std::move(parameters)),
+            detail::required_metadata(f, "library_hash"), detail::required_metadata(f, "experts")};
+}
+
+// The router in `path`, checked against the library it is to route.
+inline nn::router read_router(const std::string& path, std::span<const adapt::expert> library) {
+    router_file r = read_router(safetensors_file(path));
+    if (r.library_hash != adapt::library_hash(library) || r.router.config().experts != library.size())
+        t2::detail::throw_error(path, ": the router was trained for another expert library (", r.experts, ")");
+    return std::move(r.router);
+}
 
 } // namespace io
 T2_NAMESPACE_END
