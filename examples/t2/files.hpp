@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <optional>
 #include <span>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "t2/adapt/decomposition.hpp"
 #include "t2/adapt/model.hpp"
+#include "t2/core/rng.hpp"
 #include "t2/io/checkpoint.hpp"
 #include "t2/io/file_image.hpp"
 #include "t2/io/tokenizer.hpp"
@@ -41,5 +43,14 @@ struct tokenized_pair {
 };
 tokenized_pair tokenize_pair(const t2::io::tokenizer& tok, const std::string& prompt, const std::string& answer,
                              const std::string& where);
+
+// Fisher–Yates with draws from `seed`: the same order on every run of the same seed, so that
+// a resumed or repeated run sees the data as the first did.
+template <class T>
+void shuffle_by_seed(std::vector<T>& items, std::uint64_t seed) {
+    const t2::philox rng(seed);
+    for (std::size_t i = items.size(); i > 1; --i)
+        std::swap(items[i - 1], items[std::size_t(rng.bits(i)[0]) % i]);
+}
 
 } // namespace t2_tool

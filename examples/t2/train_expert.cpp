@@ -77,9 +77,7 @@ std::vector<example> read_examples(const std::string& path, const t2::io::tokeni
         auto [prompt, answer] = tokenize_pair(tok, pair.prompt, pair.answer, path + ": pair " + std::to_string(line));
         out.push_back({std::move(prompt), std::move(answer)});
     }
-    const t2::philox rng(seed);
-    for (std::size_t i = out.size(); i > 1; --i) // Fisher–Yates, reproducible from the seed
-        std::swap(out[i - 1], out[std::size_t(rng.bits(i)[0]) % i]);
+    shuffle_by_seed(out, seed);
     return out;
 }
 

@@ -42,18 +42,20 @@ void train_router(const router_options& a) {
     t2::adapt::self_adaptive sa(model, decomposition, library); // refuses another model's experts
 
     // Every prompt with its task, shuffled by seed; the last share held out.
+    struct labelled {
+        std::vector<std::int32_t> tokens;
+        std::size_t task;
+    };
+    std::vector<labelled> items;
+    for (std::size_t k = 0; k < data_paths.size(); ++k)
+        for (const auto& pair : t2::io::read_prompt_answer_jsonl(data_paths[k]))
+            items.push_back({tok.encode(pair.prompt, true), k});
+    shuffle_by_seed(items, a.seed);
     std::vector<std::vector<std::int32_t>> prompts;
     std::vector<std::size_t> labels;
-    for (std::size_t k = 0; k < data_paths.size(); ++k)
-        for (const auto& pair : t2::io::read_prompt_answer_jsonl(data_paths[k])) {
-            prompts.push_back(tok.encode(pair.prompt, true));
-            labels.push_back(k);
-        }
-    const t2::philox rng(a.seed);
-    for (std::size_t i = prompts.size(); i > 1; --i) {
-        const std::size_t j = std::size_t(rng.bits(i)[0]) % i;
-        std::swap(prompts[i - 1], prompts[j]);
-        std::swap(labels[i - 1], labels[j]);
+    for (auto& item : items) {
+        prompts.push_back(std::move(item.tokens));
+        labels.push_back(item.task);
     }
     const std::size_t held_out = std::min(prompts.size() - 1, std::size_t(double(prompts.size()) * a.validation));
     const std::size_t trained = prompts.size() - held_out;

@@ -72,23 +72,21 @@ public:
     std::span<const float> alpha() const noexcept { return alpha_; }
     const few_shot_score& score() const noexcept { return score_; }
 
-    // The mixture found, as one expert: z' = Σ_k α_k z_k per adapted matrix (α of the
-    // matrix's layer, with one α per layer).
+    // The mixture found, as one expert: each adapted matrix's z' as the mixture adapter
+    // computes it (svf_state::expert_vector), so the expert answers bit for bit as the
+    // mixture does.
     template <nn::model_config C>
     adapt::expert mixed_expert(const adapt::self_adaptive<C>& sa, std::string task) const {
         T2_CHECK(!alpha_.empty(), "few_shot_dispatcher: no search has run");
         const std::span<const adapt::expert> library = sa.experts();
-        const std::size_t K = library.size();
+        auto mixture = adapt::make_mixture_adapter(sa.model(), sa.decomposed(), library,
+                                                   {.rescale = library[0].rescale, .per_layer = options_.per_layer});
+        adapt::set_mixture_alpha(mixture, alpha_);
         adapt::expert out{sa.decomposed().base_model_hash, library[0].rescale, std::move(task),
                           R"({"method":"few-shot cem"})", {}};
         for (const auto& m : sa.decomposed().matrices) {
-            const float* alpha = alpha_.data() + (options_.per_layer ? m.slot.layer * K : 0);
-            std::vector<float> z(m.factors.rank(), 0.f);
-            for (std::size_t k = 0; k < K; ++k) {
-                const std::vector<float>* zk = library[k].find(m.name);
-                for (std::size_t j = 0; j < z.size(); ++j)
-                    z[j] += alpha[k] * (zk ? (*zk)[j] : 1.f);
-            }
+            std::vector<float> z(m.factors.rank());
+            mixture.matrix(m.slot.layer, std::size_t(m.slot.which)).expert_vector(z);
             out.z.emplace_back(m.name, std::move(z));
         }
         return out;

@@ -48,13 +48,11 @@ public:
 
     float value_and_gradient(std::span<const float> p, std::span<float> gradient) const {
         std::fill(gradient.begin(), gradient.end(), 0.f);
-        std::vector<float> sum(gradient.size(), 0.f);
         double loss = 0;
         for (std::size_t i = 0; i < labels_.size(); ++i)
-            loss += router_->label_loss(p, row(i), labels_[i], sum);
-        const float n = float(labels_.size());
-        for (std::size_t j = 0; j < gradient.size(); ++j)
-            gradient[j] = sum[j] / n;
+            loss += router_->label_loss(p, row(i), labels_[i], gradient);
+        for (float& g : gradient)
+            g /= float(labels_.size());
         return float(loss / double(labels_.size()));
     }
 
